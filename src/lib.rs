@@ -1,0 +1,27 @@
+//! `kvssink` in Rust: a GStreamer sink that uploads H.264/H.265 video with AAC/G.711 audio to
+//! Amazon Kinesis Video Streams, a drop-in replacement for the C++ `kvssink`.
+//!
+//! The plugin file is `libgstkvssink.so`; its element is `kvssink` (GType `GstRsKvsSink`, so it
+//! can be installed next to the C++ plugin).
+#![allow(clippy::non_send_fields_in_send_ty, unused_doc_comments)]
+
+pub mod kvssink;
+pub mod logging;
+
+use gst::glib;
+
+fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    kvssink::register(plugin)
+}
+
+gst::plugin_define!(
+    kvssink,
+    env!("CARGO_PKG_DESCRIPTION"),
+    plugin_init,
+    concat!(env!("CARGO_PKG_VERSION"), "-", env!("COMMIT_ID")),
+    "MIT/X11",
+    env!("CARGO_PKG_NAME"),
+    env!("CARGO_PKG_NAME"),
+    env!("CARGO_PKG_REPOSITORY"),
+    env!("BUILD_REL_DATE")
+);
