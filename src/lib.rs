@@ -11,6 +11,7 @@ pub mod logging;
 use gst::glib;
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    logging::register_categories();
     kvssink::register(plugin)
 }
 

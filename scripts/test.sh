@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The test command: everything CI checks (`.ci/run` calls exactly this).
+# Works on a fresh Debian 12 machine as root: installs the system packages it needs when they
+# are missing, then runs rustfmt, clippy and the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/system-deps.sh
+. scripts/lib/system-deps.sh
+
+ensure_packages "${KVSSINK_BUILD_PACKAGES[@]}" "${KVSSINK_RUNTIME_PACKAGES[@]}" "${KVSSINK_TEST_PACKAGES[@]}"
+ensure_rust
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "==> installing cargo-nextest"
+  cargo install cargo-nextest --locked
+fi
+
+if [ ! -d ../shared/reference ]; then
+  echo "error: ../shared (reference files and test media) must sit beside the project" >&2
+  exit 1
+fi
+
+# Tests must not pick up a developer's GStreamer debug settings or a stale registry.
+unset GST_DEBUG GST_PLUGIN_PATH
+export GST_REGISTRY="${CARGO_TARGET_DIR:-$PWD/target}/gst-registry.bin"
+
+echo "==> cargo fmt --check"
+cargo fmt --all --check
+echo "==> cargo clippy"
+cargo clippy --all-targets --all-features --locked -- -D warnings
+echo "==> cargo nextest run"
+cargo nextest run --all-features --locked --profile ci
