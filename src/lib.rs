@@ -5,6 +5,7 @@
 //! can be installed next to the C++ plugin).
 #![allow(clippy::non_send_fields_in_send_ty, unused_doc_comments)]
 
+pub mod ack;
 pub mod kvssink;
 pub mod logging;
 
