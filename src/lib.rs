@@ -8,6 +8,7 @@
 pub mod ack;
 pub mod kvssink;
 pub mod logging;
+pub mod store;
 
 use gst::glib;
 
