@@ -27,5 +27,7 @@ echo "==> cargo fmt --check"
 cargo fmt --all --check
 echo "==> cargo clippy"
 cargo clippy --all-targets --all-features --locked -- -D warnings
+echo "==> cargo build (the plugin .so the tests load)"
+cargo build --lib --locked
 echo "==> cargo nextest run"
 cargo nextest run --all-features --locked --profile ci

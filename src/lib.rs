@@ -9,6 +9,7 @@ pub mod ack;
 pub mod kvssink;
 pub mod logging;
 pub mod store;
+pub mod upload;
 
 use gst::glib;
 

@@ -46,9 +46,34 @@ pub struct StoredFragment {
     pub duration: u64,
     /// Number of frames in the fragment.
     pub frames: u32,
+    /// The session header (EBML, Segment, Info, Tracks) this fragment must follow. Fragments
+    /// with a different header need a new PutMedia session.
+    pub header: Bytes,
     /// Tags + Cluster bytes.
     pub bytes: Bytes,
     pub state: FragmentState,
+}
+
+impl StoredFragment {
+    pub fn new(header: Bytes, timecode: u64, duration: u64, frames: u32, bytes: Bytes) -> Self {
+        Self {
+            seq: 0,
+            timecode,
+            duration,
+            frames,
+            header,
+            bytes,
+            state: FragmentState::Pending,
+        }
+    }
+
+    /// Persisted, or given up after a non-retriable error.
+    pub fn is_done(&self) -> bool {
+        matches!(
+            self.state,
+            FragmentState::Persisted | FragmentState::Skipped
+        )
+    }
 }
 
 /// Why a fragment was dropped before the service persisted it.
@@ -173,15 +198,13 @@ impl FragmentStore {
         frames: u32,
         bytes: Bytes,
     ) -> Result<Vec<Dropped>, PushError> {
-        let fragment = StoredFragment {
-            seq: self.next_seq,
+        self.push_fragment(StoredFragment::new(
+            Bytes::new(),
             timecode,
             duration,
             frames,
             bytes,
-            state: FragmentState::Pending,
-        };
-        self.push_fragment(fragment)
+        ))
     }
 
     /// Like [`FragmentStore::push`], for a fragment handed back by [`PushError::Full`].
@@ -248,6 +271,34 @@ impl FragmentStore {
                 })
             }
         })
+    }
+
+    /// The next fragment to send, without taking it.
+    pub fn peek_next(&self) -> Option<&StoredFragment> {
+        self.fragments
+            .iter()
+            .find(|f| f.seq >= self.cursor && f.state == FragmentState::Pending)
+    }
+
+    /// Fragments handed to the connection that have no ACK yet.
+    pub fn awaiting_first_ack(&self) -> usize {
+        self.fragments
+            .iter()
+            .filter(|f| f.state == FragmentState::Sent)
+            .count()
+    }
+
+    /// The oldest fragment sent on the current connection and not yet persisted.
+    pub fn oldest_in_flight(&self) -> Option<u64> {
+        self.fragments
+            .iter()
+            .find(|f| {
+                matches!(
+                    f.state,
+                    FragmentState::Sent | FragmentState::Buffering | FragmentState::Received
+                )
+            })
+            .map(|f| f.timecode)
     }
 
     /// The next fragment to send, marked [`FragmentState::Sent`].

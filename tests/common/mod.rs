@@ -25,11 +25,25 @@ pub fn shared_dir() -> PathBuf {
     dir
 }
 
-/// The `libgstkvssink.so` cargo built next to this test binary.
+/// The `libgstkvssink.so` of this build, next to this test binary. Cargo does not link the
+/// cdylib for integration tests, so it is built here the first time it is needed.
 pub fn built_plugin() -> PathBuf {
+    use std::sync::Once;
+    static BUILD: Once = Once::new();
     let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap().to_owned();
     let so = profile_dir.join("libgstkvssink.so");
+    BUILD.call_once(|| {
+        let target_dir = profile_dir.parent().unwrap();
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--lib", "--locked"])
+            .arg("--target-dir")
+            .arg(target_dir)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building libgstkvssink.so failed");
+    });
     assert!(so.is_file(), "{} was not built", so.display());
     so
 }

@@ -1,0 +1,465 @@
+//! The uploader: one tokio task per element that takes completed fragments from the
+//! [`FragmentStore`], sets the stream up through the control plane, streams them over PutMedia
+//! sessions, reads the ACKs, and recovers by itself.
+//!
+//! ```text
+//! element (streaming thread) ──push──▶ Shared{store} ──notify──▶ uploader task
+//!                                                          │  setup: control plane (cached)
+//!                                                          │  session: PutMedia, ACKs → store
+//!        ◀──── UploadEvent (ACK, drop, retry, fatal, finished) ────┘
+//! ```
+//!
+//! Nothing here blocks a streaming thread except [`Uploader::push_blocking`] (offline mode), and
+//! that wait ends on cancellation. Every network wait has a deadline or a cancel: the control
+//! plane has `completion-timeout`, a PutMedia session has `connection-staleness` on its ACKs (it
+//! has no total timeout: a session lasts up to ~40 minutes), and stopping cancels everything.
+//! All elements share one small runtime, [`RUNTIME`].
+
+pub mod backoff;
+pub mod control;
+pub mod credentials;
+pub mod putmedia;
+mod session;
+
+use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use aws_credential_types::Credentials;
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+use tracing::instrument::WithSubscriber as _;
+
+use crate::ack::Ack;
+use crate::store::{Dropped, FragmentStore, PushError, StoredFragment};
+use backoff::Backoff;
+use control::{ControlConfig, ControlError, ControlPlane, StreamSpec};
+
+/// The runtime every kvssink in the process shares: two named worker threads.
+pub static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(2)
+        .thread_name("kvssink-runtime")
+        .build()
+        .expect("the tokio runtime starts")
+});
+
+/// GetDataEndpoint answers are reused this long, as in the reference.
+pub const ENDPOINT_CACHE_DURATION: Duration = Duration::from_secs(40 * 60);
+/// A PutMedia session is rotated after this long; the service ends connections at 45 minutes.
+pub const MAX_SESSION_DURATION: Duration = Duration::from_secs(40 * 60);
+
+/// Everything the uploader needs, resolved by the element at start.
+#[derive(Debug, Clone)]
+pub struct UploadConfig {
+    pub control: ControlConfig,
+    pub stream: StreamSpec,
+    pub credentials: Credentials,
+    pub user_agent: String,
+    pub fragment_acks: bool,
+    pub absolute_fragment_times: bool,
+    /// `connection-staleness`; `None` disables the check.
+    pub connection_staleness: Option<Duration>,
+    /// `replay-duration`, in timecode-scale units.
+    pub replay_window: u64,
+    pub restart_on_error: bool,
+    /// False when `retention-period=0`: nothing is persisted, RECEIVED is final.
+    pub wait_for_persisted: bool,
+    pub max_session: Duration,
+}
+
+/// What the uploader reports to the element.
+#[derive(Debug, Clone)]
+pub enum UploadEvent {
+    /// Every ACK but IDLE.
+    Ack(Ack),
+    /// A fragment left the store without being persisted.
+    Dropped(Dropped),
+    /// Something failed and will be retried after `delay`.
+    Retrying { error: String, delay: Duration },
+    /// A PutMedia session is streaming.
+    Connected { endpoint: String },
+    /// Nothing more can be done: the element posts an error and emits `stream-error`.
+    Fatal { status: u32, message: String },
+    /// After [`Uploader::finish`]: everything was persisted, or the deadline passed with
+    /// `unconfirmed` fragments left.
+    Finished { unconfirmed: usize },
+}
+
+pub type EventSink = Arc<dyn Fn(UploadEvent) + Send + Sync>;
+
+/// State shared by the element and its uploader task.
+pub(crate) struct Shared {
+    store: Mutex<FragmentStore>,
+    /// Wakes the task: new fragment, finish request.
+    data: Notify,
+    /// Wakes a producer blocked on a full store (offline mode).
+    space: Condvar,
+    finish_deadline: Mutex<Option<Instant>>,
+    cancel: CancellationToken,
+}
+
+impl Shared {
+    fn store(&self) -> MutexGuard<'_, FragmentStore> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn finish_deadline(&self) -> Option<Instant> {
+        *self
+            .finish_deadline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn freed(&self) {
+        self.space.notify_all();
+    }
+}
+
+/// Returned by [`Uploader::push_blocking`] when the wait was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("cancelled while waiting for space in the fragment store")]
+pub struct Cancelled;
+
+/// Handle on a running uploader task.
+pub struct Uploader {
+    shared: Arc<Shared>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Uploader {
+    /// Starts the task. `dispatch` receives the task's `tracing` events (see `logging`).
+    pub fn start(
+        config: UploadConfig,
+        store: FragmentStore,
+        events: EventSink,
+        dispatch: tracing::Dispatch,
+    ) -> Self {
+        let shared = Arc::new(Shared {
+            store: Mutex::new(store),
+            data: Notify::new(),
+            space: Condvar::new(),
+            finish_deadline: Mutex::new(None),
+            cancel: CancellationToken::new(),
+        });
+        let task = RUNTIME.spawn(
+            run(shared.clone(), config, events)
+                .instrument(tracing::info_span!("uploader"))
+                .with_subscriber(dispatch),
+        );
+        Self {
+            shared,
+            task: Some(task),
+        }
+    }
+
+    /// Adds a fragment, evicting the oldest ones if needed (realtime modes).
+    pub fn push(&self, fragment: StoredFragment) -> Vec<Dropped> {
+        let result = self.shared.store().push_fragment(fragment);
+        self.shared.data.notify_one();
+        match result {
+            Ok(dropped) => dropped,
+            // Only a Block-mode store refuses; the element uses push_blocking with it.
+            Err(PushError::Full(f)) => vec![Dropped {
+                timecode: f.timecode,
+                duration: f.duration,
+                frames: f.frames,
+                reason: crate::store::DropReason::StorageFull,
+            }],
+        }
+    }
+
+    /// Adds a fragment, waiting for space (offline mode). Ends early when the uploader is
+    /// cancelled or `cancelled()` returns true.
+    pub fn push_blocking(
+        &self,
+        fragment: StoredFragment,
+        cancelled: impl Fn() -> bool,
+    ) -> Result<Vec<Dropped>, Cancelled> {
+        let mut store = self.shared.store();
+        let mut fragment = fragment;
+        loop {
+            match store.push_fragment(fragment) {
+                Ok(dropped) => {
+                    drop(store);
+                    self.shared.data.notify_one();
+                    return Ok(dropped);
+                }
+                Err(PushError::Full(f)) => {
+                    fragment = *f;
+                    if cancelled() || self.shared.cancel.is_cancelled() {
+                        return Err(Cancelled);
+                    }
+                    store = self
+                        .shared
+                        .space
+                        .wait_timeout(store, Duration::from_millis(100))
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        }
+    }
+
+    /// Bytes of media held in the store.
+    pub fn bytes_held(&self) -> usize {
+        self.shared.store().bytes_held()
+    }
+
+    /// Fragments in the store (sent or not, until persisted).
+    pub fn fragments_held(&self) -> usize {
+        self.shared.store().len()
+    }
+
+    /// No more fragments will come: upload what is left, then report
+    /// [`UploadEvent::Finished`] once everything is persisted or at `deadline`.
+    pub fn finish(&self, deadline: Instant) {
+        *self
+            .shared
+            .finish_deadline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(deadline);
+        self.shared.data.notify_one();
+    }
+
+    /// Wakes a producer blocked in [`Uploader::push_blocking`] so it can see its cancellation.
+    pub fn unblock(&self) {
+        self.shared.freed();
+    }
+
+    /// Stops the task at once (what is not persisted is given up) and waits for it, at most
+    /// `timeout`.
+    pub fn stop(mut self, timeout: Duration) {
+        self.shared.cancel.cancel();
+        self.shared.freed();
+        if let Some(task) = self.task.take() {
+            let abort = task.abort_handle();
+            // block_on panics on a runtime thread; stop() is meant for GStreamer threads.
+            if tokio::runtime::Handle::try_current().is_ok() {
+                abort.abort();
+                return;
+            }
+            if RUNTIME
+                .block_on(async { tokio::time::timeout(timeout, task).await })
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Uploader {
+    fn drop(&mut self) {
+        self.shared.cancel.cancel();
+        self.shared.freed();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Sleeps `delay`, ending early on cancel or when the finish deadline passes.
+/// Returns false when the task must end.
+async fn pause(shared: &Shared, delay: Duration) -> bool {
+    let until = Instant::now() + delay;
+    let until = match shared.finish_deadline() {
+        Some(d) if d < until => d,
+        _ => until,
+    };
+    tokio::select! {
+        _ = shared.cancel.cancelled() => false,
+        _ = tokio::time::sleep_until(until.into()) => true,
+    }
+}
+
+fn finish_if_due(shared: &Shared, events: &EventSink) -> bool {
+    let Some(deadline) = shared.finish_deadline() else {
+        return false;
+    };
+    let store = shared.store();
+    let unconfirmed = store.len() - store.fragments().filter(|f| f.is_done()).count();
+    if unconfirmed == 0 || Instant::now() >= deadline {
+        drop(store);
+        events(UploadEvent::Finished { unconfirmed });
+        return true;
+    }
+    false
+}
+
+async fn setup(
+    control: &ControlPlane,
+    config: &UploadConfig,
+    stream_ready: &mut bool,
+) -> Result<String, ControlError> {
+    if !*stream_ready {
+        let arn = control.ensure_stream(&config.stream).await?;
+        tracing::info!(stream = %config.stream.stream_name, %arn, "stream is ready");
+        *stream_ready = true;
+    }
+    let endpoint = control.data_endpoint(&config.stream.stream_name).await?;
+    tracing::debug!(%endpoint, "PutMedia endpoint");
+    Ok(endpoint)
+}
+
+async fn run(shared: Arc<Shared>, config: UploadConfig, events: EventSink) {
+    let control = ControlPlane::new(&config.control, config.credentials.clone());
+    let client = match reqwest::Client::builder()
+        .http1_only()
+        .tcp_nodelay(true)
+        .connect_timeout(config.control.connect_timeout)
+        .pool_max_idle_per_host(0)
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            events(UploadEvent::Fatal {
+                status: control::status::PUT_STREAM_CALL_FAILED,
+                message: format!("cannot create the HTTP client: {e}"),
+            });
+            return;
+        }
+    };
+    let mut backoff = Backoff::default();
+    let mut stream_ready = false;
+    let mut endpoint: Option<(String, Instant)> = None;
+
+    loop {
+        if shared.cancel.is_cancelled() {
+            return;
+        }
+        // Nothing is connected until there is something to send.
+        if !shared.store().has_pending() {
+            if finish_if_due(&shared, &events) {
+                return;
+            }
+            let notified = shared.data.notified();
+            let deadline = shared.finish_deadline();
+            tokio::select! {
+                _ = shared.cancel.cancelled() => return,
+                _ = notified => {}
+                _ = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+            }
+            continue;
+        }
+
+        let data_endpoint = match &endpoint {
+            Some((url, at)) if at.elapsed() < ENDPOINT_CACHE_DURATION => url.clone(),
+            _ => {
+                let result = tokio::select! {
+                    _ = shared.cancel.cancelled() => return,
+                    r = setup(&control, &config, &mut stream_ready) => r,
+                };
+                match result {
+                    Ok(url) => {
+                        endpoint = Some((url.clone(), Instant::now()));
+                        url
+                    }
+                    Err(e) if e.is_fatal() => {
+                        tracing::error!(error = %e, "control plane failed");
+                        events(UploadEvent::Fatal {
+                            status: e.status(),
+                            message: e.to_string(),
+                        });
+                        return;
+                    }
+                    Err(e) => {
+                        let delay = backoff.next_delay();
+                        tracing::warn!(error = %e, ?delay, "control plane call failed, retrying");
+                        events(UploadEvent::Retrying {
+                            error: e.to_string(),
+                            delay,
+                        });
+                        if !pause(&shared, delay).await || finish_if_due(&shared, &events) {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
+
+        let outcome = session::run(&shared, &config, &client, &data_endpoint, &events).await;
+        if outcome.persisted_any {
+            backoff.reset();
+        }
+        match outcome.end {
+            session::End::Cancelled => return,
+            session::End::Finished => {
+                finish_if_due(&shared, &events);
+                return;
+            }
+            session::End::Rotate => {
+                let dropped = shared.store().rewind(config.replay_window, true);
+                report_drops(&events, dropped);
+            }
+            session::End::Failed(failure) => {
+                let dropped = shared.store().rewind(
+                    config.replay_window,
+                    failure.host_alive && config.fragment_acks,
+                );
+                report_drops(&events, dropped);
+                shared.freed();
+                if failure.fatal {
+                    tracing::error!(error = %failure.message, "stream failed");
+                    events(UploadEvent::Fatal {
+                        status: failure.status,
+                        message: failure.message,
+                    });
+                    return;
+                }
+                if failure.resetup {
+                    endpoint = None;
+                    stream_ready = false;
+                } else if failure.invalidate_endpoint {
+                    endpoint = None;
+                }
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %failure.message, ?delay, "PutMedia session ended, reconnecting");
+                events(UploadEvent::Retrying {
+                    error: failure.message,
+                    delay,
+                });
+                if !config.restart_on_error {
+                    events(UploadEvent::Fatal {
+                        status: failure.status,
+                        message: "the connection failed and restart-on-error is false".to_owned(),
+                    });
+                    return;
+                }
+                if !pause(&shared, delay).await || finish_if_due(&shared, &events) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn report_drops(events: &EventSink, dropped: Vec<Dropped>) {
+    for d in dropped {
+        tracing::warn!(
+            timecode = d.timecode,
+            reason = d.reason.as_str(),
+            "fragment dropped"
+        );
+        events(UploadEvent::Dropped(d));
+    }
+}
+
+/// A whole fragment as the element hands it over.
+pub fn stored_fragment(
+    header: Bytes,
+    timecode: u64,
+    duration: u64,
+    frames: u32,
+    bytes: Bytes,
+) -> StoredFragment {
+    StoredFragment::new(header, timecode, duration, frames, bytes)
+}

@@ -1,0 +1,503 @@
+//! One PutMedia session: a chunked request body fed with the session header and then whole
+//! fragments from the store, while a reader task parses the ACKs of the same connection.
+//!
+//! The session ends when the service or the network ends it (`Failed`, then the uploader
+//! reconnects and replays), when the next fragment needs another header or the session is old
+//! (`Rotate`: the body is closed with an end-of-fragment tag and the outstanding ACKs are awaited
+//! first), or when everything has been persisted after `finish` (`Finished`).
+
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::putmedia::{self, PutMediaParams};
+use super::{EventSink, Shared, UploadConfig, UploadEvent, control};
+use crate::ack::{Ack, AckEvent, AckParser, classify_error, error_code_name};
+use crate::store::FragmentState;
+
+/// How long a closing session waits for the ACKs of what it sent before giving up on them (they
+/// are then replayed by the next session).
+const CLOSE_WAIT: Duration = Duration::from_secs(15);
+/// Most bytes of an HTTP error body read for the error message.
+const MAX_ERROR_BODY: usize = 4096;
+
+pub(super) struct Outcome {
+    pub end: End,
+    pub persisted_any: bool,
+}
+
+pub(super) enum End {
+    Finished,
+    Rotate,
+    Cancelled,
+    Failed(Failure),
+}
+
+pub(super) struct Failure {
+    pub message: String,
+    pub status: u32,
+    pub fatal: bool,
+    /// The service still has what it acknowledged as RECEIVED.
+    pub host_alive: bool,
+    /// Ask GetDataEndpoint again.
+    pub invalidate_endpoint: bool,
+    /// Run the whole control-plane setup again (stream deleted, credentials refused).
+    pub resetup: bool,
+}
+
+impl Failure {
+    fn transient(message: String) -> Self {
+        Self {
+            message,
+            status: control::status::PUT_STREAM_CALL_FAILED,
+            fatal: false,
+            host_alive: false,
+            invalidate_endpoint: false,
+            resetup: false,
+        }
+    }
+}
+
+enum ReaderMsg {
+    Connected,
+    Ack(Result<Ack, crate::ack::AckError>),
+    HttpError { status: u16, body: String },
+    Closed,
+    Failed(String),
+}
+
+/// The end-of-fragment tag chain (`AWS_KINESISVIDEO_END_OF_FRAGMENT` = ""), which closes the
+/// last fragment of a session at once instead of when the next cluster would start.
+pub fn end_of_fragment_tags() -> Bytes {
+    fn element(id: &[u8], payload: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(id);
+        out.extend_from_slice(&((payload.len() as u64) | (1 << 56)).to_be_bytes());
+        out.extend_from_slice(payload);
+    }
+    let mut simple_tag = Vec::new();
+    element(
+        &[0x45, 0xA3],
+        b"AWS_KINESISVIDEO_END_OF_FRAGMENT",
+        &mut simple_tag,
+    );
+    element(&[0x44, 0x87], b"", &mut simple_tag);
+    let mut tag = Vec::new();
+    element(&[0x67, 0xC8], &simple_tag, &mut tag);
+    let mut tags = Vec::new();
+    element(&[0x73, 0x73], &tag, &mut tags);
+    let mut out = Vec::new();
+    element(&[0x12, 0x54, 0xC3, 0x67], &tags, &mut out);
+    Bytes::from(out)
+}
+
+pub(super) async fn run(
+    shared: &Shared,
+    config: &UploadConfig,
+    client: &reqwest::Client,
+    endpoint: &str,
+    events: &EventSink,
+) -> Outcome {
+    let mut persisted_any = false;
+    let end = run_inner(shared, config, client, endpoint, events, &mut persisted_any).await;
+    Outcome { end, persisted_any }
+}
+
+async fn run_inner(
+    shared: &Shared,
+    config: &UploadConfig,
+    client: &reqwest::Client,
+    endpoint: &str,
+    events: &EventSink,
+    persisted_any: &mut bool,
+) -> End {
+    let Some(header) = shared.store().peek_next().map(|f| f.header.clone()) else {
+        return End::Rotate;
+    };
+    let (body_tx, mut body_rx) = mpsc::channel::<Bytes>(4);
+    let body = reqwest::Body::wrap_stream(futures_util::stream::poll_fn(move |cx| {
+        body_rx
+            .poll_recv(cx)
+            .map(|o| o.map(Ok::<Bytes, std::io::Error>))
+    }));
+    let params = PutMediaParams {
+        endpoint: endpoint.to_owned(),
+        stream_name: config.stream.stream_name.clone(),
+        user_agent: config.user_agent.clone(),
+        region: config.control.region.clone(),
+        fragment_acks: config.fragment_acks,
+        absolute_fragment_times: config.absolute_fragment_times,
+    };
+    let request =
+        match putmedia::build_request(&params, &config.credentials, SystemTime::now(), body) {
+            Ok(r) => r,
+            Err(e) => {
+                return End::Failed(Failure {
+                    fatal: true,
+                    ..Failure::transient(e.to_string())
+                });
+            }
+        };
+    if body_tx.send(header.clone()).await.is_err() {
+        return End::Failed(Failure::transient("PutMedia body closed".to_owned()));
+    }
+
+    let (reader_tx, mut reader_rx) = mpsc::unbounded_channel();
+    let reader = super::RUNTIME.spawn(read_acks(
+        client.clone(),
+        request,
+        reader_tx,
+        config.connection_staleness,
+    ));
+    let _abort_reader = AbortOnDrop(reader.abort_handle());
+
+    let started = Instant::now();
+    let mut body_tx = Some(body_tx);
+    let mut closing_since: Option<Instant> = None;
+    let mut rotate = false;
+    // Since when sent data waits for its first ACK (staleness).
+    let mut waiting_since: Option<Instant> = None;
+    let mut connected = false;
+
+    loop {
+        // Decide whether this session takes more fragments or closes.
+        if let Some(tx) = &body_tx {
+            let next = shared.store().peek_next().map(|f| f.header.clone());
+            let finishing = shared.finish_deadline().is_some();
+            let close = match &next {
+                Some(h) if *h != header => {
+                    tracing::info!("codec data changed: starting a new PutMedia session");
+                    rotate = true;
+                    true
+                }
+                Some(_) if started.elapsed() >= config.max_session => {
+                    tracing::info!("rotating the PutMedia session before the service's limit");
+                    rotate = true;
+                    true
+                }
+                None => finishing,
+                Some(_) => false,
+            };
+            if close {
+                let _ = tx.send(end_of_fragment_tags()).await;
+                body_tx = None;
+                closing_since = Some(Instant::now());
+                if !config.fragment_acks {
+                    return if rotate { End::Rotate } else { End::Finished };
+                }
+            }
+        }
+
+        let has_next = body_tx.is_some() && shared.store().has_pending();
+        let stale_deadline = match (config.connection_staleness, waiting_since) {
+            (Some(limit), Some(since)) => Some(since + limit),
+            _ => None,
+        };
+        let close_deadline = closing_since.map(|t| t + CLOSE_WAIT);
+        let finish_deadline = shared.finish_deadline();
+        let deadline = [stale_deadline, close_deadline, finish_deadline]
+            .into_iter()
+            .flatten()
+            .min();
+
+        tokio::select! {
+            biased;
+            _ = shared.cancel.cancelled() => return End::Cancelled,
+            msg = reader_rx.recv() => {
+                let Some(msg) = msg else {
+                    return End::Failed(Failure::transient("the ACK reader stopped".to_owned()));
+                };
+                match msg {
+                    ReaderMsg::Connected => {
+                        connected = true;
+                        events(UploadEvent::Connected { endpoint: endpoint.to_owned() });
+                    }
+                    ReaderMsg::Ack(Ok(ack)) => {
+                        if ack.event != AckEvent::Idle {
+                            waiting_since = if shared.store().awaiting_first_ack() > 0 {
+                                Some(Instant::now())
+                            } else {
+                                None
+                            };
+                        }
+                        if let Some(end) = handle_ack(shared, config, events, ack, persisted_any) {
+                            return end;
+                        }
+                        if closing_since.is_some() && shared.store().oldest_in_flight().is_none() {
+                            return if rotate { End::Rotate } else { End::Finished };
+                        }
+                    }
+                    ReaderMsg::Ack(Err(e)) => tracing::warn!(error = %e, "unreadable ACK"),
+                    ReaderMsg::HttpError { status, body } => return End::Failed(http_failure(status, &body)),
+                    ReaderMsg::Closed => {
+                        let in_flight = shared.store().oldest_in_flight();
+                        if closing_since.is_some() && in_flight.is_none() {
+                            return if rotate { End::Rotate } else { End::Finished };
+                        }
+                        return End::Failed(Failure {
+                            host_alive: true,
+                            ..Failure::transient(format!(
+                                "the service ended the PutMedia response{}",
+                                in_flight.map(|t| format!(" before fragment {t} was persisted")).unwrap_or_default()
+                            ))
+                        });
+                    }
+                    ReaderMsg::Failed(e) => {
+                        return End::Failed(Failure {
+                            invalidate_endpoint: !connected,
+                            ..Failure::transient(e)
+                        });
+                    }
+                }
+            }
+            permit = async { body_tx.as_ref().expect("checked").reserve().await }, if has_next => {
+                let Ok(permit) = permit else {
+                    return End::Failed(Failure::transient("the connection closed the request body".to_owned()));
+                };
+                let mut store = shared.store();
+                if store.peek_next().is_some_and(|f| f.header == header)
+                    && let Some(f) = store.next_to_send()
+                {
+                    tracing::trace!(timecode = f.timecode, bytes = f.bytes.len(), "sending fragment");
+                    if !config.fragment_acks {
+                        store.on_persisted(f.timecode);
+                        shared.freed();
+                    } else if waiting_since.is_none() {
+                        waiting_since = Some(Instant::now());
+                    }
+                    drop(store);
+                    permit.send(f.bytes);
+                }
+            }
+            _ = shared.data.notified(), if body_tx.is_some() && !has_next => {}
+            _ = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let now = Instant::now();
+                if finish_deadline.is_some_and(|d| now >= d) {
+                    return End::Finished;
+                }
+                if close_deadline.is_some_and(|d| now >= d) {
+                    return if rotate { End::Rotate } else { End::Finished };
+                }
+                if stale_deadline.is_some_and(|d| now >= d) {
+                    return End::Failed(Failure::transient(format!(
+                        "no acknowledgement for {:?} (connection-staleness): the connection is stale",
+                        config.connection_staleness.unwrap_or_default()
+                    )));
+                }
+            }
+        }
+    }
+}
+
+fn handle_ack(
+    shared: &Shared,
+    config: &UploadConfig,
+    events: &EventSink,
+    ack: Ack,
+    persisted_any: &mut bool,
+) -> Option<End> {
+    tracing::debug!(event = ack.event.as_str(), timecode = ?ack.timecode, "ACK");
+    let mut result = None;
+    match ack.event {
+        AckEvent::Idle => return None,
+        AckEvent::Buffering => {
+            if let Some(tc) = ack.timecode {
+                shared.store().on_progress(tc, FragmentState::Buffering);
+            }
+        }
+        AckEvent::Received => {
+            if let Some(tc) = ack.timecode {
+                let mut store = shared.store();
+                if config.wait_for_persisted {
+                    store.on_progress(tc, FragmentState::Received);
+                } else {
+                    store.on_persisted(tc);
+                    *persisted_any = true;
+                    shared.freed();
+                }
+            }
+        }
+        AckEvent::Persisted => {
+            if let Some(tc) = ack.timecode {
+                if shared.store().on_persisted(tc) {
+                    *persisted_any = true;
+                    shared.freed();
+                } else {
+                    tracing::debug!(timecode = tc, "PERSISTED for an unknown fragment");
+                }
+            }
+        }
+        AckEvent::Error => {
+            let id = ack.error_id.unwrap_or(0);
+            let class = classify_error(id);
+            let code = ack
+                .error_code
+                .clone()
+                .unwrap_or_else(|| error_code_name(id).to_owned());
+            let timecode = ack.timecode.or_else(|| shared.store().oldest_in_flight());
+            if !class.retriable
+                && let Some(tc) = timecode
+                && let Some(d) = shared.store().on_rejected(tc)
+            {
+                shared.freed();
+                events(UploadEvent::Dropped(d));
+            }
+            result = Some(End::Failed(Failure {
+                message: format!(
+                    "the service refused fragment {}: ErrorId {id} ({code})",
+                    timecode
+                        .map(|t| t.to_string())
+                        .unwrap_or_else(|| "?".into())
+                ),
+                status: class.status,
+                fatal: !class.recoverable,
+                host_alive: class.host_alive,
+                invalidate_endpoint: false,
+                resetup: id == 4008 || id == 4507,
+            }));
+        }
+    }
+    events(UploadEvent::Ack(ack));
+    result
+}
+
+fn http_failure(status: u16, body: &str) -> Failure {
+    let message = format!("PutMedia answered HTTP {status}: {}", body.trim());
+    match status {
+        401 | 403 => Failure {
+            resetup: true,
+            ..Failure::transient(message)
+        },
+        404 => Failure {
+            resetup: true,
+            ..Failure::transient(message)
+        },
+        408 | 429 | 500..=599 => Failure {
+            invalidate_endpoint: status != 429,
+            ..Failure::transient(message)
+        },
+        _ => Failure {
+            invalidate_endpoint: true,
+            ..Failure::transient(message)
+        },
+    }
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn read_acks(
+    client: reqwest::Client,
+    request: reqwest::Request,
+    tx: mpsc::UnboundedSender<ReaderMsg>,
+    staleness: Option<Duration>,
+) {
+    let mut response = match client.execute(request).await {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = tx.send(ReaderMsg::Failed(format!(
+                "PutMedia request failed: {}",
+                error_chain(&e)
+            )));
+            return;
+        }
+    };
+    let status = response.status();
+    if !status.is_success() {
+        let mut body = Vec::new();
+        while body.len() < MAX_ERROR_BODY {
+            match tokio::time::timeout(Duration::from_secs(5), response.chunk()).await {
+                Ok(Ok(Some(c))) => body.extend_from_slice(&c),
+                _ => break,
+            }
+        }
+        body.truncate(MAX_ERROR_BODY);
+        let _ = tx.send(ReaderMsg::HttpError {
+            status: status.as_u16(),
+            body: String::from_utf8_lossy(&body).into_owned(),
+        });
+        return;
+    }
+    let _ = tx.send(ReaderMsg::Connected);
+    let mut parser = AckParser::new();
+    // IDLE ACKs keep a healthy idle connection talking; silence this long means it is dead.
+    let read_limit = staleness
+        .unwrap_or(Duration::from_secs(60))
+        .max(Duration::from_secs(5));
+    loop {
+        match tokio::time::timeout(read_limit, response.chunk()).await {
+            Ok(Ok(Some(chunk))) => {
+                for ack in parser.push(&chunk) {
+                    if tx.send(ReaderMsg::Ack(ack)).is_err() {
+                        return;
+                    }
+                }
+            }
+            Ok(Ok(None)) => {
+                let _ = tx.send(ReaderMsg::Closed);
+                return;
+            }
+            Ok(Err(e)) => {
+                let _ = tx.send(ReaderMsg::Failed(format!(
+                    "reading ACKs failed: {}",
+                    error_chain(&e)
+                )));
+                return;
+            }
+            Err(_) => {
+                let _ = tx.send(ReaderMsg::Failed(format!(
+                    "no data from the service for {read_limit:?}: the connection is stale"
+                )));
+                return;
+            }
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn end_of_fragment_tags_layout() {
+        let b = end_of_fragment_tags();
+        assert_eq!(&b[..4], &[0x12, 0x54, 0xC3, 0x67]);
+        assert_eq!(b[4], 0x01);
+        let name = b"AWS_KINESISVIDEO_END_OF_FRAGMENT";
+        assert!(b.windows(name.len()).any(|w| w == name));
+        // Tags + Tag + SimpleTag headers (4+2+2 id bytes, 8-byte sizes) + TagName + TagString.
+        assert_eq!(
+            b.len(),
+            (4 + 8) + (2 + 8) + (2 + 8) + (2 + 8 + name.len()) + (2 + 8)
+        );
+    }
+
+    #[test]
+    fn http_failures_are_classified() {
+        assert!(http_failure(403, "").resetup);
+        assert!(!http_failure(403, "").fatal);
+        assert!(http_failure(503, "").invalidate_endpoint);
+        assert!(!http_failure(429, "").invalidate_endpoint);
+    }
+}
