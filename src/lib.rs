@@ -5,8 +5,15 @@
 //! can be installed next to the C++ plugin).
 #![allow(clippy::non_send_fields_in_send_ty, unused_doc_comments)]
 
+pub mod codec;
+pub mod fragment;
+pub mod fragment_metadata;
+pub mod fragment_mux;
+pub mod interleave;
 pub mod kvssink;
 pub mod logging;
+pub mod mkv;
+pub mod timeline;
 
 use gst::glib;
 
