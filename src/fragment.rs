@@ -731,6 +731,28 @@ impl Fragmenter {
         self.close_fragment(false, out);
     }
 
+    /// Whether the stream has started (its first header was built).
+    pub fn started(&self) -> bool {
+        self.header.is_some()
+    }
+
+    /// Sets the configuration of a track before the stream started, so a track whose caps are
+    /// known is in the first header even if its first frame comes later.
+    pub fn set_initial_config(
+        &mut self,
+        track: usize,
+        cfg: Arc<TrackConfig>,
+    ) -> Result<(), TrackError> {
+        if self.started() {
+            return Err(TrackError::Started);
+        }
+        self.tracks
+            .get_mut(track)
+            .ok_or(TrackError::Unknown(track))?
+            .pending = Some(cfg);
+        Ok(())
+    }
+
     pub fn has_open_fragment(&self) -> bool {
         self.open.is_some()
     }

@@ -225,7 +225,12 @@ impl StreamMuxer {
                     );
                     let cfg = Arc::new(cfg);
                     t.last_config = Some(cfg.clone());
-                    t.config_to_send = Some(cfg);
+                    if self.fragmenter.started() {
+                        // In order with the frames: it takes effect with the next frame.
+                        t.config_to_send = Some(cfg);
+                    } else {
+                        self.fragmenter.set_initial_config(track, cfg)?;
+                    }
                 }
             }
             TrackInput::AnnexB {

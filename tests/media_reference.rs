@@ -26,7 +26,10 @@ fn cpp_sdk_file_reads_as_37_fragments_with_metadata() {
         assert!(w[0].timecode < w[1].timecode);
     }
     for f in &frags {
-        assert_eq!(f.blocks[0].flags, 0x80, "each fragment starts with a key frame");
+        assert_eq!(
+            f.blocks[0].flags, 0x80,
+            "each fragment starts with a key frame"
+        );
         assert!(f.blocks[1..].iter().all(|b| b.flags == 0));
         assert!(f.blocks.iter().all(|b| b.track == 1 && b.relative >= 0));
     }
@@ -56,7 +59,11 @@ fn java_sdk_file_reads_as_8_fragments() {
     let blocks: usize = frags.iter().map(|f| f.blocks.len()).sum();
     assert!((443..=444).contains(&blocks), "{blocks} blocks");
     for f in &frags {
-        assert_eq!(f.blocks[0].flags & 0x80, 0x80, "each cluster starts with a key frame");
+        assert_eq!(
+            f.blocks[0].flags & 0x80,
+            0x80,
+            "each cluster starts with a key frame"
+        );
     }
     // Lavf wrote Tags before the first cluster.
     assert_eq!(frags[0].tags.len(), 4);
@@ -120,13 +127,20 @@ fn our_output_for_the_cpp_input_has_the_cpp_structure() {
     assert_eq!(t.name(), Some("kinesis_video"));
     assert_eq!(t.codec_private(), Some(&cpd[..]));
     let vid = t.video().unwrap();
-    assert_eq!((vid.pixel_width().get(), vid.pixel_height().get()), (640, 480));
+    assert_eq!(
+        (vid.pixel_width().get(), vid.pixel_height().get()),
+        (640, 480)
+    );
     assert_eq!(ours_mkv.info().timestamp_scale().get(), 1_000_000);
     assert!(ours_mkv.info().muxing_app().starts_with("kvssink-rs "));
     // Byte-identical header up to Info's 2-byte size (whose value differs: our product
     // strings), then the SegmentUID element header and the TimecodeScale element.
     assert_eq!(&ours[..0x32], &data[..0x32]);
     assert_eq!(&ours[0x33..0x36], &data[0x33..0x36]);
-    assert_ne!(&ours[0x36..0x46], &data[0x36..0x46], "our own random SegmentUID");
+    assert_ne!(
+        &ours[0x36..0x46],
+        &data[0x36..0x46],
+        "our own random SegmentUID"
+    );
     assert_eq!(&ours[0x46..0x52], &data[0x46..0x52]);
 }

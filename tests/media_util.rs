@@ -16,7 +16,11 @@ pub fn shared_media(name: &str) -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../shared/media")
         .join(name);
-    assert!(p.exists(), "{} is missing (../shared must sit beside the project)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing (../shared must sit beside the project)",
+        p.display()
+    );
     p
 }
 
@@ -79,12 +83,7 @@ pub fn shape(nodes: &[Node]) -> Vec<(u64, Vec<(u64, String)>)> {
     }
     nodes
         .iter()
-        .map(|n| {
-            (
-                n.id,
-                n.children.iter().map(|c| (c.id, render(c))).collect(),
-            )
-        })
+        .map(|n| (n.id, n.children.iter().map(|c| (c.id, render(c))).collect()))
         .collect()
 }
 
@@ -98,7 +97,12 @@ pub struct DemuxedFrame {
 }
 
 /// Frames (and the demuxer, for track info) of a Matroska byte stream.
-pub fn demux(data: &[u8]) -> (matroska_demuxer::MatroskaFile<Cursor<Vec<u8>>>, Vec<DemuxedFrame>) {
+pub fn demux(
+    data: &[u8],
+) -> (
+    matroska_demuxer::MatroskaFile<Cursor<Vec<u8>>>,
+    Vec<DemuxedFrame>,
+) {
     let mut mkv = matroska_demuxer::MatroskaFile::open(Cursor::new(data.to_vec()))
         .expect("matroska-demuxer opens the stream");
     let mut frames = Vec::new();
