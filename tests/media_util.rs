@@ -154,10 +154,12 @@ pub fn fragments_of(segment_children: &[Node]) -> Vec<Vec<u64>> {
 
 /// Whether a program is installed.
 pub fn have(tool: &str) -> bool {
-    std::process::Command::new(tool)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
+    ["--version", "-version"].iter().any(|flag| {
+        std::process::Command::new(tool)
+            .arg(flag)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
 }
 
 /// One SimpleBlock as written.
