@@ -14,6 +14,9 @@
 
 use std::collections::VecDeque;
 
+/// Logs go to the media debug category (`kvssink-media`), like the other fragment modules.
+const LOG_TARGET: &str = "gstkvssink::fragment";
+
 pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_VALUE_LEN: usize = 256;
 /// `MAX_FRAGMENT_METADATA_COUNT`.
@@ -86,10 +89,14 @@ impl MetadataQueue {
             {
                 if value.is_empty() {
                     self.items.remove(at);
-                    tracing::debug!("persistent metadata '{name}' removed");
+                    tracing::debug!(
+                target: LOG_TARGET,
+                "persistent metadata '{name}' removed");
                 } else {
                     self.items[at].value = value.to_owned();
-                    tracing::debug!("persistent metadata '{name}' replaced");
+                    tracing::debug!(
+                target: LOG_TARGET,
+                "persistent metadata '{name}' replaced");
                 }
                 return Ok(());
             }

@@ -36,6 +36,9 @@ use crate::interleave::{DEFAULT_MAX_WAIT_NS, InterleaveStats, Interleaver};
 use crate::mkv::cluster::SIMPLE_BLOCK_HEADER_LEN;
 use crate::timeline::{RawTimes, Timeline, TimelineConfig, TimelineStats, WallClock};
 
+/// Logs go to the media debug category (`kvssink-media`), like the other fragment modules.
+const LOG_TARGET: &str = "gstkvssink::fragment";
+
 /// Everything the element's properties decide for the media path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MuxerConfig {
@@ -172,7 +175,9 @@ impl StreamMuxer {
     pub fn new(cfg: MuxerConfig, clock: Box<dyn WallClock>) -> Self {
         let mut fragmenter_cfg = cfg.fragmenter;
         if cfg.timeline.offline && !fragmenter_cfg.absolute_fragment_times {
-            tracing::info!("offline streaming: using absolute fragment times, as the reference");
+            tracing::info!(
+                target: LOG_TARGET,
+                "offline streaming: using absolute fragment times, as the reference");
             fragmenter_cfg.absolute_fragment_times = true;
         }
         Self {
@@ -219,10 +224,11 @@ impl StreamMuxer {
                 t.input = Some(Input::PassThrough);
                 if t.last_config.as_deref() != Some(&cfg) {
                     tracing::debug!(
-                        "track {track}: configuration {} ({} bytes CodecPrivate)",
-                        cfg.codec_id,
-                        cfg.codec_private.len()
-                    );
+                    target: LOG_TARGET,
+                    "track {track}: configuration {} ({} bytes CodecPrivate)",
+                            cfg.codec_id,
+                            cfg.codec_private.len()
+                        );
                     let cfg = Arc::new(cfg);
                     t.last_config = Some(cfg.clone());
                     if self.fragmenter.started() {
@@ -288,7 +294,9 @@ impl StreamMuxer {
                         }
                         if conv.config().is_none() {
                             self.stats.dropped_no_config += 1;
-                            tracing::debug!("track {track}: no SPS/PPS seen yet, frame dropped");
+                            tracing::debug!(
+                target: LOG_TARGET,
+                "track {track}: no SPS/PPS seen yet, frame dropped");
                             return Ok(());
                         }
                         (block, frame.key || r.has_random_access)
@@ -336,10 +344,14 @@ impl StreamMuxer {
                 self.interleaver.max_wait_ns() / 1_000_000
             );
             if t.late_warned {
-                tracing::debug!("{msg}");
+                tracing::debug!(
+                target: LOG_TARGET,
+                "{msg}");
             } else {
                 t.late_warned = true;
-                tracing::warn!("{msg}");
+                tracing::warn!(
+                target: LOG_TARGET,
+                "{msg}");
             }
         }
         self.drain();
@@ -412,7 +424,9 @@ impl StreamMuxer {
     pub fn flush(&mut self) {
         let dropped = self.interleaver.clear();
         if !dropped.is_empty() {
-            tracing::debug!("flush: {} queued frames dropped", dropped.len());
+            tracing::debug!(
+                target: LOG_TARGET,
+                "flush: {} queued frames dropped", dropped.len());
         }
         self.stats.dropped_flush += dropped.len() as u64;
         self.fragmenter.close(&mut self.out);
