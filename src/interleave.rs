@@ -171,12 +171,14 @@ impl<T> Interleaver<T> {
             .map(|(i, dts, _)| (i, dts))
     }
 
-    /// A track (other than `cand`) that might still send a frame older than `dts`.
-    fn waiting_on(&self, cand: usize, dts: u64) -> impl Iterator<Item = usize> + '_ {
-        self.tracks.iter().enumerate().filter_map(move |(i, t)| {
-            (i != cand && !t.eos && t.queue.is_empty() && t.last_pushed.is_none_or(|l| l < dts))
-                .then_some(i)
-        })
+    /// Whether track `i` (other than `cand`) might still send a frame older than `dts`.
+    fn holds_back(&self, i: usize, cand: usize, dts: u64) -> bool {
+        let t = &self.tracks[i];
+        i != cand && !t.eos && t.queue.is_empty() && t.last_pushed.is_none_or(|l| l < dts)
+    }
+
+    fn any_holds_back(&self, cand: usize, dts: u64) -> bool {
+        (0..self.tracks.len()).any(|i| self.holds_back(i, cand, dts))
     }
 
     fn newest(&self) -> u64 {
@@ -190,16 +192,14 @@ impl<T> Interleaver<T> {
     /// The next frame in DTS order, if it may leave now.
     pub fn pop(&mut self) -> Option<(usize, T)> {
         let (cand, dts) = self.candidate()?;
-        if self.waiting_on(cand, dts).next().is_some() {
+        if self.any_holds_back(cand, dts) {
             let queued_behind = self.newest().saturating_sub(dts);
             if queued_behind < self.max_wait_ns {
                 return None;
             }
-            let stalled: Vec<usize> = self.waiting_on(cand, dts).collect();
-            for i in stalled {
-                let t = &mut self.tracks[i];
-                if !t.stalled {
-                    t.stalled = true;
+            for i in 0..self.tracks.len() {
+                if self.holds_back(i, cand, dts) && !self.tracks[i].stalled {
+                    self.tracks[i].stalled = true;
                     self.stats.stalls += 1;
                     tracing::warn!(
                         "track {i} sent nothing for {} ms of media; not waiting for it any more (frames it sends later than that will be dropped)",
@@ -238,7 +238,7 @@ impl<T> Interleaver<T> {
             return false;
         }
         match self.candidate() {
-            Some((cand, dts)) => self.waiting_on(cand, dts).next().is_some(),
+            Some((cand, dts)) => self.any_holds_back(cand, dts),
             None => false,
         }
     }
