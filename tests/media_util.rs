@@ -132,26 +132,6 @@ pub fn to_stream(frags: &[Fragment]) -> Vec<u8> {
     v
 }
 
-/// Splits a top-level element list into KVS fragments: (Tags…, Cluster) groups.
-pub fn fragments_of(segment_children: &[Node]) -> Vec<Vec<u64>> {
-    let mut out = Vec::new();
-    let mut cur = Vec::new();
-    for n in segment_children {
-        match n.id {
-            0x1254_C367 => cur.push(n.id),
-            0x1F43_B675 => {
-                cur.push(n.id);
-                out.push(std::mem::take(&mut cur));
-            }
-            _ => {}
-        }
-    }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
-    out
-}
-
 /// Whether a program is installed.
 pub fn have(tool: &str) -> bool {
     ["--version", "-version"].iter().any(|flag| {

@@ -131,7 +131,8 @@ pub struct AnnexBConverter {
 }
 
 impl AnnexBConverter {
-    /// `caps_width`/`caps_height` are used only if the SPS cannot be read.
+    /// `caps_width`/`caps_height` are only compared with the SPS (a mismatch is logged): the
+    /// SPS is what decoders use.
     pub fn new(codec: VideoCodec, caps_width: Option<u32>, caps_height: Option<u32>) -> Self {
         Self {
             codec,
@@ -320,14 +321,14 @@ impl AnnexBConverter {
             track_type: TrackType::Video,
             codec_id: self.codec.codec_id().to_owned(),
             codec_private: cpd.into(),
-            video: video_params(Some((w, h)), None, None, self.codec.name())?,
+            video: video_params(
+                Some((w, h)),
+                self.caps_width,
+                self.caps_height,
+                self.codec.name(),
+            )?,
             audio: None,
         }))
-    }
-
-    /// The caps' size, for callers that need a size before the first SPS.
-    pub fn caps_size(&self) -> (Option<u32>, Option<u32>) {
-        (self.caps_width, self.caps_height)
     }
 }
 
