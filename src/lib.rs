@@ -6,9 +6,16 @@
 #![allow(clippy::non_send_fields_in_send_ty, unused_doc_comments)]
 
 pub mod ack;
+pub mod codec;
+pub mod fragment;
+pub mod fragment_metadata;
+pub mod fragment_mux;
+pub mod interleave;
 pub mod kvssink;
 pub mod logging;
+pub mod mkv;
 pub mod store;
+pub mod timeline;
 pub mod upload;
 
 use gst::glib;

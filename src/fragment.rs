@@ -1,0 +1,1131 @@
+//! Fragmenter: ordered, stamped frames → KVS fragments (one Cluster each) and the session header.
+//!
+//! What a fragment is: optional metadata `Tags` chains, then a Cluster (unknown size, Timecode,
+//! Position 0) with its SimpleBlocks; the last fragment of a stream also carries the
+//! `AWS_KINESISVIDEO_END_OF_FRAGMENT` tag after its blocks. A completed [`Fragment`] is a small
+//! list of `Bytes` (its head, then one `Bytes` per SimpleBlock) that the uploader sends as is;
+//! the session header ([`Fragment::header`]) is sent before the first fragment of every
+//! connection and whenever [`Fragment::header_changed`] is set.
+//!
+//! ## When a fragment starts
+//! - The stream starts at the first key frame of the video track (frames before it are dropped
+//!   and counted, as the reference does). Audio-only streams start at once.
+//! - `key-frame-fragmentation=true`: at every video key frame.
+//! - `key-frame-fragmentation=false`: at the first video key frame at least `fragment-duration`
+//!   after the fragment start. Audio-only streams: at the first frame at least
+//!   `fragment-duration` after the start (every audio frame is a random access point).
+//! - At the next video key frame after a codec configuration change (a new header: new
+//!   resolution/profile, or a track that got its configuration late) or a timestamp jump.
+//! - A/V with a stalled video track: when no video frame came for `fragment-duration` (at least
+//!   2 s), audio frames start fragments by duration, so audio keeps flowing into bounded
+//!   fragments.
+//! - **Forced split**: when the next frame would make the cluster span more than 32767 timecode
+//!   units (the i16 relative timecode), it starts a new fragment even if it is not a key frame
+//!   (warning + counter). This only happens with GOPs longer than 32.7 s at the default scale,
+//!   which the service rejects anyway (its maximum fragment duration is 10 s: a GOP longer than
+//!   that gets a warning that names the encoder setting to change).
+//!
+//! ## Timecodes inside a cluster
+//! The Cluster Timecode is the *smallest* PTS of the fragment's frames, not the key frame's
+//! PTS: frames that follow the key frame in decode order but are shown before it (B-frames of an
+//! open GOP) then still get a non-negative relative timecode, with no distortion. The cluster
+//! timecodes must strictly increase; if one would not (pathological input), it is raised to the
+//! previous one + 1 unit and the frames below it are clamped to relative timecode 0 (counted,
+//! warned). Together with the forced split this makes every relative timecode lie in 0..=32767.
+//! Since the timecode is known only when the fragment is complete, block headers are written with
+//! a placeholder and patched when the fragment closes; fragments are emitted when complete.
+//!
+//! ## Key flag
+//! SimpleBlocks of video key frames get flag 0x80. As in the reference, audio blocks are flagged
+//! key only in audio-only streams.
+//!
+//! ## Memory
+//! Frames arrive already copied into an [`Arena`] (the one copy of the payload, made by the
+//! caller when the frame is pushed). The fragmenter only moves those buffers; per fragment it
+//! allocates its parts list, and the arena allocates a new chunk every few megabytes. Nothing is
+//! allocated per frame in steady state.
+
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, Hasher};
+use std::io::{self, Write};
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::codec::{TrackConfig, TrackType};
+use crate::fragment_metadata::{MetadataError, MetadataQueue};
+use crate::mkv::cluster::{
+    CLUSTER_START_LEN, SIMPLE_BLOCK_HEADER_LEN, put_cluster_start, put_tag_chain,
+    simple_block_header, tag_chain_len,
+};
+use crate::mkv::header::{HeaderTrack, SegmentInfo, write_header};
+use crate::mkv::{END_OF_FRAGMENT_TAG, FLAG_KEY};
+use crate::timeline::Timecodes;
+
+/// Most tracks a KVS stream may have (`MAX_SUPPORTED_TRACK_COUNT_PER_STREAM`).
+pub const MAX_TRACKS: usize = 3;
+
+/// The service's maximum fragment duration (MAX_FRAGMENT_DURATION_REACHED, error 4002).
+pub const MAX_SERVICE_FRAGMENT_DURATION_NS: u64 = 10_000_000_000;
+
+/// Below this, a silent video track is not considered stalled by the fragmenter.
+const MIN_VIDEO_STALL_NS: u64 = 2_000_000_000;
+
+/// Largest relative timecode of a SimpleBlock.
+const MAX_RELATIVE: u64 = i16::MAX as u64;
+
+/// A bump allocator of `BytesMut` blocks carved out of large chunks: many frames share one
+/// allocation, and each block is its own (unique) `BytesMut`, patchable until frozen.
+#[derive(Debug)]
+pub struct Arena {
+    buf: BytesMut,
+    largest: usize,
+    chunks: u64,
+}
+
+impl Default for Arena {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Arena {
+    pub const MIN_CHUNK: usize = 256 * 1024;
+    pub const MAX_CHUNK: usize = 8 * 1024 * 1024;
+
+    pub fn new() -> Self {
+        Self {
+            buf: BytesMut::new(),
+            largest: 0,
+            chunks: 0,
+        }
+    }
+
+    /// Makes room for writing `n` bytes without reallocation, and returns the buffer to write
+    /// them into. A new chunk holds at least 16 of the largest blocks seen (clamped to
+    /// 256 KiB .. 8 MiB).
+    #[inline]
+    pub fn reserve(&mut self, n: usize) -> &mut BytesMut {
+        debug_assert!(self.buf.is_empty(), "take() what was written first");
+        if self.buf.capacity() < n {
+            self.largest = self.largest.max(n);
+            let size = (self.largest * 16)
+                .clamp(Self::MIN_CHUNK, Self::MAX_CHUNK)
+                .max(n);
+            self.buf = BytesMut::with_capacity(size);
+            self.chunks += 1;
+        }
+        &mut self.buf
+    }
+
+    /// Takes what was written since [`Self::reserve`].
+    #[inline]
+    pub fn take(&mut self) -> BytesMut {
+        self.buf.split()
+    }
+
+    /// Chunks allocated so far.
+    pub fn chunks(&self) -> u64 {
+        self.chunks
+    }
+}
+
+/// A frame ready for the fragmenter: timestamps on the KVS axis (ns), and its SimpleBlock
+/// (a [`SIMPLE_BLOCK_HEADER_LEN`]-byte header placeholder followed by the payload).
+#[derive(Debug)]
+pub struct Frame {
+    pub track: usize,
+    pub pts: u64,
+    pub dts: u64,
+    pub duration: u64,
+    pub key: bool,
+    pub discontinuity: bool,
+    /// A new configuration for this track, taking effect at the next fragment start.
+    pub new_config: Option<Arc<TrackConfig>>,
+    pub block: BytesMut,
+}
+
+impl Frame {
+    /// Copies `payload` into the arena behind a block header placeholder: the one copy.
+    pub fn copy_block(arena: &mut Arena, payload: &[u8]) -> BytesMut {
+        let buf = arena.reserve(SIMPLE_BLOCK_HEADER_LEN + payload.len());
+        buf.put_bytes(0, SIMPLE_BLOCK_HEADER_LEN);
+        buf.put_slice(payload);
+        arena.take()
+    }
+}
+
+/// A completed KVS fragment.
+#[derive(Debug, Clone)]
+pub struct Fragment {
+    /// 0, 1, 2, … per stream.
+    pub sequence: u64,
+    /// The Cluster Timecode as written (timecode units; relative to the first fragment in
+    /// relative mode). This is the `FragmentTimecode` of the service's ACKs.
+    pub timecode: u64,
+    /// The cluster's time on the KVS axis (ns since the epoch in absolute and relative mode).
+    pub start_ns: u64,
+    /// From the start to the end of the last frame.
+    pub duration_ns: u64,
+    /// Tags + Cluster + Timecode + Position, then one SimpleBlock per part, then (end of
+    /// stream) the closing tags.
+    pub parts: Vec<Bytes>,
+    /// Total bytes of `parts`.
+    pub len: usize,
+    /// Frames per track index.
+    pub frame_counts: [u32; MAX_TRACKS],
+    /// Starts with a key frame (false only for a forced split or an audio-started fragment
+    /// of an A/V stream).
+    pub key: bool,
+    /// The session header (EBML … Tracks) this fragment belongs to.
+    pub header: Bytes,
+    /// The header differs from the previous fragment's (or this is the first fragment): it must
+    /// be sent before this fragment.
+    pub header_changed: bool,
+    /// Carries `AWS_KINESISVIDEO_END_OF_FRAGMENT` (end of stream).
+    pub end_of_stream: bool,
+}
+
+impl Fragment {
+    pub fn frames(&self) -> u32 {
+        self.frame_counts.iter().sum()
+    }
+
+    /// The fragment as one contiguous buffer (a copy; for dumps and tests).
+    pub fn to_bytes(&self) -> Bytes {
+        let mut b = BytesMut::with_capacity(self.len);
+        for p in &self.parts {
+            b.put_slice(p);
+        }
+        b.freeze()
+    }
+
+    /// Writes the parts (not the header) to `w`.
+    pub fn write_to(&self, w: &mut impl Write) -> io::Result<()> {
+        for p in &self.parts {
+            w.write_all(p)?;
+        }
+        Ok(())
+    }
+}
+
+/// How fragments are cut (from the element's properties).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FragmenterConfig {
+    /// `timecode-scale` in ns (the property is in ms).
+    pub timecode_scale_ns: u64,
+    pub absolute_fragment_times: bool,
+    pub key_frame_fragmentation: bool,
+    /// `fragment-duration` in ns.
+    pub fragment_duration_ns: u64,
+}
+
+impl Default for FragmenterConfig {
+    fn default() -> Self {
+        Self {
+            timecode_scale_ns: 1_000_000,
+            absolute_fragment_times: true,
+            key_frame_fragmentation: true,
+            fragment_duration_ns: 2_000_000_000,
+        }
+    }
+}
+
+/// Counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FragmenterStats {
+    pub fragments: u64,
+    pub frames: u64,
+    /// Frames dropped before the stream's first key frame.
+    pub dropped_before_key: u64,
+    /// Fragments started at a non-key frame because the i16 timecode range was exhausted.
+    pub forced_splits: u64,
+    /// Fragments longer than the service's maximum fragment duration.
+    pub long_fragments: u64,
+    /// Cluster timecodes raised to keep them increasing.
+    pub timecodes_raised: u64,
+    /// Frames whose relative timecode was clamped to 0 because of that.
+    pub frames_clamped: u64,
+    /// Session headers built.
+    pub headers: u64,
+}
+
+/// Why a track cannot be added.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrackError {
+    #[error("a KVS stream has at most {MAX_TRACKS} tracks")]
+    TooMany,
+    #[error("tracks cannot be added after the stream started")]
+    Started,
+    #[error("no track {0}")]
+    Unknown(usize),
+}
+
+#[derive(Debug)]
+struct TrackState {
+    track_type: TrackType,
+    name: String,
+    number: u8,
+    config: Option<Arc<TrackConfig>>,
+    pending: Option<Arc<TrackConfig>>,
+}
+
+#[derive(Debug)]
+struct Block {
+    bytes: BytesMut,
+    pts_units: u64,
+}
+
+#[derive(Debug)]
+struct OpenFragment {
+    head: BytesMut,
+    tags_len: usize,
+    blocks: Vec<Block>,
+    min_units: u64,
+    max_units: u64,
+    first_pts: u64,
+    end_ns: u64,
+    counts: [u32; MAX_TRACKS],
+    key: bool,
+}
+
+/// Builds fragments from frames that arrive in DTS order.
+#[derive(Debug)]
+pub struct Fragmenter {
+    cfg: FragmenterConfig,
+    timecodes: Timecodes,
+    tracks: Vec<TrackState>,
+    /// The first video track, if any: its key frames start fragments.
+    primary: Option<usize>,
+    numbers_frozen: bool,
+    header: Option<Bytes>,
+    header_changed: bool,
+    metadata: MetadataQueue,
+    open: Option<OpenFragment>,
+    spare_blocks: Vec<Block>,
+    prev_base_units: Option<u64>,
+    sequence: u64,
+    discontinuity_pending: bool,
+    last_video_dts: Option<u64>,
+    video_stall_warned: bool,
+    head_arena: Arena,
+    stats: FragmenterStats,
+}
+
+/// 16 random bytes for a SegmentUID, from the standard library's randomly seeded hasher keys
+/// (uniqueness is what matters, not unpredictability).
+pub fn random_segment_uid() -> [u8; 16] {
+    let mut uid = [0u8; 16];
+    for (i, half) in uid.chunks_mut(8).enumerate() {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_usize(i);
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        half.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    uid
+}
+
+impl Fragmenter {
+    pub fn new(cfg: FragmenterConfig) -> Self {
+        Self {
+            timecodes: Timecodes::new(cfg.timecode_scale_ns, cfg.absolute_fragment_times),
+            cfg,
+            tracks: Vec::new(),
+            primary: None,
+            numbers_frozen: false,
+            header: None,
+            header_changed: false,
+            metadata: MetadataQueue::new(),
+            open: None,
+            spare_blocks: Vec::new(),
+            prev_base_units: None,
+            sequence: 0,
+            discontinuity_pending: false,
+            last_video_dts: None,
+            video_stall_warned: false,
+            head_arena: Arena::new(),
+            stats: FragmenterStats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &FragmenterConfig {
+        &self.cfg
+    }
+
+    pub fn stats(&self) -> FragmenterStats {
+        self.stats
+    }
+
+    /// Adds a track (before the first frame). Track numbers are given when the stream starts:
+    /// video tracks first, then audio, as the reference (video 1, audio 2).
+    pub fn add_track(&mut self, track_type: TrackType, name: &str) -> Result<usize, TrackError> {
+        if self.numbers_frozen {
+            return Err(TrackError::Started);
+        }
+        if self.tracks.len() >= MAX_TRACKS {
+            return Err(TrackError::TooMany);
+        }
+        self.tracks.push(TrackState {
+            track_type,
+            name: name.to_owned(),
+            number: 0,
+            config: None,
+            pending: None,
+        });
+        let idx = self.tracks.len() - 1;
+        if track_type == TrackType::Video && self.primary.is_none() {
+            self.primary = Some(idx);
+        }
+        Ok(idx)
+    }
+
+    /// The track number (TrackNumber / SimpleBlock track) of a track, once the stream started.
+    pub fn track_number(&self, track: usize) -> Option<u8> {
+        self.tracks.get(track).map(|t| t.number).filter(|&n| n != 0)
+    }
+
+    fn freeze_numbers(&mut self) {
+        if self.numbers_frozen {
+            return;
+        }
+        let mut n = 0u8;
+        for want in [TrackType::Video, TrackType::Audio] {
+            for t in self.tracks.iter_mut().filter(|t| t.track_type == want) {
+                n += 1;
+                t.number = n;
+            }
+        }
+        self.numbers_frozen = true;
+    }
+
+    /// The current session header (None before the first fragment started).
+    pub fn header(&self) -> Option<&Bytes> {
+        self.header.as_ref()
+    }
+
+    /// Queues metadata for the next fragment start (`kvs-add-metadata`).
+    pub fn add_metadata(
+        &mut self,
+        name: &str,
+        value: &str,
+        persistent: bool,
+    ) -> Result<(), MetadataError> {
+        self.metadata.add(name, value, persistent)
+    }
+
+    fn audio_started_allowed(&self, f: &Frame, open: &OpenFragment) -> bool {
+        let stall = self.cfg.fragment_duration_ns.max(MIN_VIDEO_STALL_NS);
+        self.last_video_dts
+            .is_some_and(|v| f.dts.saturating_sub(v) >= stall)
+            && f.pts.saturating_sub(open.first_pts) >= self.cfg.fragment_duration_ns
+    }
+
+    /// Adds the next frame (in DTS order); completed fragments are appended to `out`.
+    pub fn push(&mut self, mut f: Frame, out: &mut VecDeque<Fragment>) {
+        if let Some(cfg) = f.new_config.take() {
+            self.tracks[f.track].pending = Some(cfg);
+        }
+        if f.discontinuity {
+            self.discontinuity_pending = true;
+        }
+        let is_primary = self.primary == Some(f.track);
+        if is_primary {
+            self.last_video_dts = Some(f.dts);
+        }
+        let has_config = {
+            let t = &self.tracks[f.track];
+            t.config.is_some() || t.pending.is_some()
+        };
+        if !has_config {
+            self.stats.dropped_before_key += 1;
+            tracing::debug!("track {}: frame before its configuration, dropped", f.track);
+            return;
+        }
+        let Some(open) = &self.open else {
+            let may_start = match self.primary {
+                Some(p) => p == f.track && f.key,
+                None => true,
+            };
+            if may_start {
+                self.start_fragment(f, true);
+            } else {
+                self.stats.dropped_before_key += 1;
+                tracing::debug!(
+                    "track {}: frame before the first video key frame, dropped",
+                    f.track
+                );
+            }
+            return;
+        };
+
+        let age = f.pts.saturating_sub(open.first_pts);
+        let header_pending = self.tracks.iter().any(|t| t.pending.is_some());
+        let mut boundary = match self.primary {
+            Some(p) if p == f.track => {
+                f.key
+                    && (self.cfg.key_frame_fragmentation
+                        || age >= self.cfg.fragment_duration_ns
+                        || header_pending
+                        || self.discontinuity_pending)
+            }
+            Some(_) => {
+                let stalled = self.audio_started_allowed(&f, open);
+                if stalled && !self.video_stall_warned {
+                    self.video_stall_warned = true;
+                    tracing::warn!(
+                        "no video for {} ms; audio frames now start fragments every {} ms",
+                        f.dts.saturating_sub(self.last_video_dts.unwrap_or(0)) / 1_000_000,
+                        self.cfg.fragment_duration_ns / 1_000_000
+                    );
+                }
+                stalled
+            }
+            None => {
+                age >= self.cfg.fragment_duration_ns || header_pending || self.discontinuity_pending
+            }
+        };
+        let mut key = boundary && (f.key || self.primary.is_none());
+        if is_primary {
+            self.video_stall_warned = false;
+        }
+        if !boundary {
+            let u = self.timecodes.units(f.pts);
+            let span = open.max_units.max(u) - open.min_units.min(u);
+            if span > MAX_RELATIVE {
+                boundary = true;
+                key = f.key;
+                self.stats.forced_splits += 1;
+                tracing::warn!(
+                    "fragment {} would span more than {MAX_RELATIVE} timecode units ({} ms); starting a new one at a {} frame of track {}. Lower the encoder's key-frame interval (e.g. x264enc/x265enc key-int-max)",
+                    self.sequence,
+                    span * self.timecodes.scale_ns() / 1_000_000,
+                    if f.key { "key" } else { "non-key" },
+                    f.track
+                );
+            }
+        }
+        if boundary {
+            self.close_fragment(false, out);
+            self.start_fragment(f, key);
+        } else {
+            self.append(f);
+        }
+    }
+
+    fn build_header(&mut self) {
+        self.freeze_numbers();
+        let mut tracks: Vec<HeaderTrack<'_>> = self
+            .tracks
+            .iter()
+            .filter_map(|t| {
+                t.config.as_deref().map(|config| HeaderTrack {
+                    number: t.number,
+                    uid: u64::from(t.number),
+                    name: &t.name,
+                    config,
+                })
+            })
+            .collect();
+        tracks.sort_by_key(|t| t.number);
+        let info = SegmentInfo {
+            segment_uid: random_segment_uid(),
+            timecode_scale_ns: self.timecodes.scale_ns(),
+        };
+        let header = write_header(&info, &tracks);
+        tracing::debug!(
+            "session header {}: {} tracks, {} bytes",
+            self.stats.headers,
+            tracks.len(),
+            header.len()
+        );
+        self.header = Some(header);
+        self.header_changed = true;
+        self.stats.headers += 1;
+    }
+
+    fn start_fragment(&mut self, f: Frame, key: bool) {
+        let mut changed = false;
+        for t in &mut self.tracks {
+            if let Some(p) = t.pending.take() {
+                if t.config.as_ref() != Some(&p) {
+                    changed = true;
+                }
+                t.config = Some(p);
+            }
+        }
+        if changed || self.header.is_none() {
+            self.build_header();
+        }
+        self.discontinuity_pending = false;
+        let tags_len = self.metadata.encoded_len();
+        let buf = self.head_arena.reserve(tags_len + CLUSTER_START_LEN);
+        self.metadata
+            .take_for_fragment(|name, value| put_tag_chain(buf, name, value));
+        buf.put_bytes(0, CLUSTER_START_LEN);
+        let head = self.head_arena.take();
+        let u = self.timecodes.units(f.pts);
+        let mut blocks = std::mem::take(&mut self.spare_blocks);
+        blocks.clear();
+        self.open = Some(OpenFragment {
+            head,
+            tags_len,
+            blocks,
+            min_units: u,
+            max_units: u,
+            first_pts: f.pts,
+            end_ns: f.pts,
+            counts: [0; MAX_TRACKS],
+            key,
+        });
+        self.append(f);
+    }
+
+    fn append(&mut self, mut f: Frame) {
+        let t = &self.tracks[f.track];
+        let audio_only = self.primary.is_none();
+        let key_flag = f.key && (t.track_type == TrackType::Video || audio_only);
+        let header = simple_block_header(
+            t.number,
+            0,
+            if key_flag { FLAG_KEY } else { 0 },
+            f.block.len() - SIMPLE_BLOCK_HEADER_LEN,
+        );
+        f.block[..SIMPLE_BLOCK_HEADER_LEN].copy_from_slice(&header);
+        let u = self.timecodes.units(f.pts);
+        let open = self.open.as_mut().expect("append to an open fragment");
+        open.min_units = open.min_units.min(u);
+        open.max_units = open.max_units.max(u);
+        open.end_ns = open.end_ns.max(f.pts.saturating_add(f.duration));
+        open.counts[f.track] += 1;
+        open.blocks.push(Block {
+            bytes: f.block,
+            pts_units: u,
+        });
+        self.stats.frames += 1;
+    }
+
+    fn close_fragment(&mut self, end_of_stream: bool, out: &mut VecDeque<Fragment>) {
+        let Some(mut open) = self.open.take() else {
+            return;
+        };
+        let mut base = open.min_units;
+        if let Some(prev) = self.prev_base_units
+            && base <= prev
+        {
+            self.stats.timecodes_raised += 1;
+            tracing::warn!(
+                "fragment {}: cluster timecode {base} not above the previous {prev}; raised to {}",
+                self.sequence,
+                prev + 1
+            );
+            base = prev + 1;
+        }
+        self.prev_base_units = Some(base);
+        let timecode = self.timecodes.cluster_timecode(base);
+        put_cluster_start(&mut &mut open.head[open.tags_len..], timecode);
+
+        let mut parts = Vec::with_capacity(open.blocks.len() + 2);
+        let mut len = open.head.len();
+        parts.push(open.head.freeze());
+        for mut b in open.blocks.drain(..) {
+            let rel = if b.pts_units < base {
+                self.stats.frames_clamped += 1;
+                0
+            } else {
+                (b.pts_units - base).min(MAX_RELATIVE)
+            };
+            b.bytes[10..12].copy_from_slice(&(rel as i16).to_be_bytes());
+            len += b.bytes.len();
+            parts.push(b.bytes.freeze());
+        }
+        self.spare_blocks = open.blocks;
+        if end_of_stream {
+            let unsent = self.metadata.unsent_encoded_len();
+            let eofr = tag_chain_len(END_OF_FRAGMENT_TAG, "");
+            let buf = self.head_arena.reserve(unsent + eofr);
+            self.metadata
+                .take_unsent(|name, value| put_tag_chain(buf, name, value));
+            put_tag_chain(buf, END_OF_FRAGMENT_TAG, "");
+            let tail = self.head_arena.take().freeze();
+            len += tail.len();
+            parts.push(tail);
+        }
+        let start_ns = base.saturating_mul(self.timecodes.scale_ns());
+        let duration_ns = open.end_ns.saturating_sub(start_ns);
+        if duration_ns > MAX_SERVICE_FRAGMENT_DURATION_NS {
+            self.stats.long_fragments += 1;
+            self.warn_long_fragment(duration_ns, &open.counts);
+        }
+        let frag = Fragment {
+            sequence: self.sequence,
+            timecode,
+            start_ns,
+            duration_ns,
+            parts,
+            len,
+            frame_counts: open.counts,
+            key: open.key,
+            header: self
+                .header
+                .clone()
+                .expect("a header exists once a fragment started"),
+            header_changed: std::mem::take(&mut self.header_changed),
+            end_of_stream,
+        };
+        tracing::trace!(
+            "fragment {}: timecode {timecode}, {} ms, {} frames, {} bytes",
+            frag.sequence,
+            duration_ns / 1_000_000,
+            frag.frames(),
+            frag.len
+        );
+        self.sequence += 1;
+        self.stats.fragments += 1;
+        out.push_back(frag);
+    }
+
+    fn warn_long_fragment(&self, duration_ns: u64, counts: &[u32; MAX_TRACKS]) {
+        let video_frames = self.primary.map_or(0, |p| counts[p]);
+        let max_s = MAX_SERVICE_FRAGMENT_DURATION_NS / 1_000_000_000;
+        let msg = if !self.cfg.key_frame_fragmentation
+            && self.cfg.fragment_duration_ns > MAX_SERVICE_FRAGMENT_DURATION_NS
+        {
+            format!("set fragment-duration to at most {} ms", max_s * 1000)
+        } else if video_frames > 0 {
+            let fps = f64::from(video_frames) / (duration_ns as f64 / 1e9);
+            format!(
+                "the video key-frame interval is too long: set the encoder's key-frame interval (x264enc/x265enc key-int-max, v4l2h264enc extra-controls video_gop_size, vaapih264enc keyframe-period, nvh264enc gop-size) to at most {} frames (~{fps:.0} fps)",
+                (fps * max_s as f64).floor() as u64
+            )
+        } else {
+            format!("lower fragment-duration below {max_s} s")
+        };
+        if self.stats.long_fragments == 1 {
+            tracing::warn!(
+                "fragment {} lasts {:.1} s, longer than the service's {max_s} s maximum fragment duration (it answers MAX_FRAGMENT_DURATION_REACHED): {msg}",
+                self.sequence,
+                duration_ns as f64 / 1e9
+            );
+        } else {
+            tracing::debug!(
+                "fragment {} lasts {:.1} s (> {max_s} s): {msg}",
+                self.sequence,
+                duration_ns as f64 / 1e9
+            );
+        }
+    }
+
+    /// Closes the open fragment as the last one of the stream (with the end-of-fragment tag and
+    /// any metadata not sent yet). The next frame must again be a key frame.
+    pub fn finish(&mut self, out: &mut VecDeque<Fragment>) {
+        self.close_fragment(true, out);
+    }
+
+    /// Closes the open fragment without ending the stream (flush).
+    pub fn close(&mut self, out: &mut VecDeque<Fragment>) {
+        self.close_fragment(false, out);
+    }
+
+    /// Whether the stream has started (its first header was built).
+    pub fn started(&self) -> bool {
+        self.header.is_some()
+    }
+
+    /// Sets the configuration of a track before the stream started, so a track whose caps are
+    /// known is in the first header even if its first frame comes later.
+    pub fn set_initial_config(
+        &mut self,
+        track: usize,
+        cfg: Arc<TrackConfig>,
+    ) -> Result<(), TrackError> {
+        if self.started() {
+            return Err(TrackError::Started);
+        }
+        self.tracks
+            .get_mut(track)
+            .ok_or(TrackError::Unknown(track))?
+            .pending = Some(cfg);
+        Ok(())
+    }
+
+    pub fn has_open_fragment(&self) -> bool {
+        self.open.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{AudioParams, VideoParams};
+
+    const MS: u64 = 1_000_000;
+    const T0: u64 = 1_700_000_000_000 * MS;
+
+    fn video() -> Arc<TrackConfig> {
+        Arc::new(TrackConfig {
+            track_type: TrackType::Video,
+            codec_id: "V_MPEG4/ISO/AVC".into(),
+            codec_private: Bytes::from_static(&[1, 66, 0, 30, 0xff, 0xe0, 0]),
+            video: Some(VideoParams {
+                width: 320,
+                height: 240,
+            }),
+            audio: None,
+        })
+    }
+
+    fn audio() -> Arc<TrackConfig> {
+        Arc::new(TrackConfig {
+            track_type: TrackType::Audio,
+            codec_id: "A_AAC".into(),
+            codec_private: Bytes::from_static(&[0x12, 0x10]),
+            video: None,
+            audio: Some(AudioParams {
+                sampling_frequency: 44100.0,
+                channels: 2,
+                bit_depth: 0,
+            }),
+        })
+    }
+
+    struct Feeder {
+        fr: Fragmenter,
+        arena: Arena,
+        out: VecDeque<Fragment>,
+        configured: Vec<bool>,
+    }
+
+    impl Feeder {
+        fn new(cfg: FragmenterConfig, tracks: &[TrackType]) -> Self {
+            let mut fr = Fragmenter::new(cfg);
+            for t in tracks {
+                fr.add_track(*t, "t").unwrap();
+            }
+            Self {
+                fr,
+                arena: Arena::new(),
+                out: VecDeque::new(),
+                configured: vec![false; tracks.len()],
+            }
+        }
+
+        fn push(&mut self, track: usize, pts: u64, dts: u64, key: bool, payload: &[u8]) {
+            let cfg = (!self.configured[track]).then(|| {
+                self.configured[track] = true;
+                if track == 0 && self.fr.primary == Some(0) {
+                    video()
+                } else {
+                    audio()
+                }
+            });
+            let block = Frame::copy_block(&mut self.arena, payload);
+            self.fr.push(
+                Frame {
+                    track,
+                    pts,
+                    dts,
+                    duration: 40 * MS,
+                    key,
+                    discontinuity: false,
+                    new_config: cfg,
+                    block,
+                },
+                &mut self.out,
+            );
+        }
+    }
+
+    /// (relative timecode, flags, payload) of each block of a fragment.
+    fn blocks(f: &Fragment) -> Vec<(u8, i16, u8, Vec<u8>)> {
+        f.parts[1..]
+            .iter()
+            .filter(|p| p[0] == 0xA3)
+            .map(|p| {
+                (
+                    p[9] & 0x7F,
+                    i16::from_be_bytes([p[10], p[11]]),
+                    p[12],
+                    p[13..].to_vec(),
+                )
+            })
+            .collect()
+    }
+
+    fn cluster_timecode(f: &Fragment) -> u64 {
+        let head = &f.parts[0];
+        let at = head.len() - CLUSTER_START_LEN;
+        assert_eq!(&head[at..at + 5], &[0x1F, 0x43, 0xB6, 0x75, 0xFF]);
+        u64::from_be_bytes(head[at + 7..at + 15].try_into().unwrap())
+    }
+
+    #[test]
+    fn a_fragment_per_key_frame_with_exact_blocks() {
+        let mut f = Feeder::new(FragmenterConfig::default(), &[TrackType::Video]);
+        f.push(0, T0 - 40 * MS, T0 - 40 * MS, false, b"before-key");
+        for i in 0..6u64 {
+            f.push(
+                0,
+                T0 + i * 40 * MS,
+                T0 + i * 40 * MS,
+                i % 3 == 0,
+                &[i as u8; 5],
+            );
+        }
+        f.fr.finish(&mut f.out);
+        let frags: Vec<Fragment> = f.out.drain(..).collect();
+        assert_eq!(frags.len(), 2);
+        assert_eq!(f.fr.stats().dropped_before_key, 1);
+        let (a, b) = (&frags[0], &frags[1]);
+        assert_eq!(a.timecode, T0 / MS);
+        assert_eq!(cluster_timecode(a), T0 / MS);
+        assert_eq!(b.timecode, T0 / MS + 120);
+        assert!(a.header_changed && !b.header_changed);
+        assert!(a.key && b.key);
+        assert!(!a.end_of_stream && b.end_of_stream);
+        assert_eq!(a.frame_counts, [3, 0, 0]);
+        assert_eq!(
+            blocks(a),
+            vec![
+                (1, 0, 0x80, vec![0; 5]),
+                (1, 40, 0, vec![1; 5]),
+                (1, 80, 0, vec![2; 5])
+            ]
+        );
+        assert_eq!(a.len, a.to_bytes().len());
+        // The last fragment ends with the EoFR tag.
+        let tail = b.parts.last().unwrap();
+        assert_eq!(&tail[..4], &[0x12, 0x54, 0xC3, 0x67]);
+        assert!(
+            tail.windows(32)
+                .any(|w| w == END_OF_FRAGMENT_TAG.as_bytes())
+        );
+        assert_eq!(a.header, b.header);
+        assert_eq!(a.duration_ns, 120 * MS);
+    }
+
+    #[test]
+    fn b_frames_before_the_key_frame_get_non_negative_timecodes() {
+        let mut f = Feeder::new(FragmenterConfig::default(), &[TrackType::Video]);
+        // Decode order I P B B with PTS 80, 200, 120, 160 … and an open-GOP leading picture
+        // shown before the I frame of the second GOP.
+        let frames = [
+            (80, 0, true),
+            (200, 40, false),
+            (120, 80, false),
+            (160, 120, false),
+            (360, 160, true),
+            (320, 200, false),
+        ];
+        for (i, (p, d, k)) in frames.into_iter().enumerate() {
+            f.push(0, T0 + p * MS, T0 + d * MS, k, &[i as u8]);
+        }
+        f.fr.finish(&mut f.out);
+        let frags: Vec<Fragment> = f.out.drain(..).collect();
+        assert_eq!(frags[0].timecode, T0 / MS + 80);
+        let rel: Vec<i16> = blocks(&frags[0]).iter().map(|b| b.1).collect();
+        assert_eq!(rel, vec![0, 120, 40, 80]);
+        // The second cluster starts at the leading picture's PTS.
+        assert_eq!(frags[1].timecode, T0 / MS + 320);
+        let rel: Vec<i16> = blocks(&frags[1]).iter().map(|b| b.1).collect();
+        assert_eq!(rel, vec![40, 0]);
+        assert_eq!(f.fr.stats().frames_clamped, 0);
+    }
+
+    #[test]
+    fn long_gop_is_split_before_the_i16_limit() {
+        let mut f = Feeder::new(FragmenterConfig::default(), &[TrackType::Video]);
+        for i in 0..40u64 {
+            f.push(0, T0 + i * 1000 * MS, T0 + i * 1000 * MS, i == 0, &[1]);
+        }
+        f.fr.finish(&mut f.out);
+        let frags: Vec<Fragment> = f.out.drain(..).collect();
+        assert_eq!(frags.len(), 2);
+        assert_eq!(frags[0].frames(), 33);
+        assert!(frags[0].key && !frags[1].key);
+        assert_eq!(blocks(&frags[0]).last().unwrap().1, 32_000);
+        let st = f.fr.stats();
+        assert_eq!((st.forced_splits, st.long_fragments), (1, 1));
+    }
+
+    #[test]
+    fn duration_based_fragmentation_and_audio_only() {
+        let cfg = FragmenterConfig {
+            key_frame_fragmentation: false,
+            fragment_duration_ns: 1000 * MS,
+            ..Default::default()
+        };
+        let mut f = Feeder::new(cfg, &[TrackType::Video]);
+        for i in 0..50u64 {
+            // key frame every 10 frames (400 ms)
+            f.push(0, T0 + i * 40 * MS, T0 + i * 40 * MS, i % 10 == 0, &[1]);
+        }
+        f.fr.finish(&mut f.out);
+        let counts: Vec<u32> = f.out.drain(..).map(|x| x.frames()).collect();
+        // fragments start at the first key frame ≥ 1 s after the start: frames 0, 30.
+        assert_eq!(counts, vec![30, 20]);
+
+        let mut f = Feeder::new(cfg, &[TrackType::Audio]);
+        for i in 0..100u64 {
+            f.push(0, T0 + i * 23 * MS, T0 + i * 23 * MS, true, &[2]);
+        }
+        f.fr.finish(&mut f.out);
+        let frags: Vec<Fragment> = f.out.drain(..).collect();
+        assert_eq!(frags.iter().map(|x| x.frames()).sum::<u32>(), 100);
+        assert_eq!(frags[0].frames(), 44); // 44 × 23 ms ≥ 1 s
+        assert!(blocks(&frags[0]).iter().all(|b| b.2 == 0x80));
+    }
+
+    #[test]
+    fn av_track_numbers_flags_and_start_at_video_key() {
+        let mut f = Feeder::new(
+            FragmenterConfig::default(),
+            &[TrackType::Audio, TrackType::Video],
+        );
+        // Track 0 is audio, track 1 video: video gets number 1, audio 2.
+        f.configured = vec![false, false];
+        f.fr.primary = Some(1);
+        let push_a = |f: &mut Feeder, ms: u64| {
+            let cfg = (!f.configured[0]).then(|| {
+                f.configured[0] = true;
+                audio()
+            });
+            let block = Frame::copy_block(&mut f.arena, b"aa");
+            f.fr.push(
+                Frame {
+                    track: 0,
+                    pts: T0 + ms * MS,
+                    dts: T0 + ms * MS,
+                    duration: 0,
+                    key: true,
+                    discontinuity: false,
+                    new_config: cfg,
+                    block,
+                },
+                &mut f.out,
+            );
+        };
+        let push_v = |f: &mut Feeder, ms: u64, key: bool| {
+            let cfg = (!f.configured[1]).then(|| {
+                f.configured[1] = true;
+                video()
+            });
+            let block = Frame::copy_block(&mut f.arena, b"vv");
+            f.fr.push(
+                Frame {
+                    track: 1,
+                    pts: T0 + ms * MS,
+                    dts: T0 + ms * MS,
+                    duration: 0,
+                    key,
+                    discontinuity: false,
+                    new_config: cfg,
+                    block,
+                },
+                &mut f.out,
+            );
+        };
+        push_a(&mut f, 0); // before the first video key frame: dropped
+        push_v(&mut f, 10, true);
+        push_a(&mut f, 20);
+        push_v(&mut f, 50, false);
+        push_a(&mut f, 43);
+        f.fr.finish(&mut f.out);
+        let frag = f.out.pop_front().unwrap();
+        assert_eq!(f.fr.track_number(1), Some(1));
+        assert_eq!(f.fr.track_number(0), Some(2));
+        let b = blocks(&frag);
+        assert_eq!(
+            b.iter().map(|x| (x.0, x.1, x.2)).collect::<Vec<_>>(),
+            vec![(1, 0, 0x80), (2, 10, 0), (1, 40, 0), (2, 33, 0)]
+        );
+        assert_eq!(frag.frame_counts, [2, 2, 0]);
+        assert_eq!(f.fr.stats().dropped_before_key, 1);
+        // Header: video entry first.
+        let h = &frag.header;
+        let v_at = h.windows(15).position(|w| w == b"V_MPEG4/ISO/AVC").unwrap();
+        let a_at = h.windows(5).position(|w| w == b"A_AAC").unwrap();
+        assert!(v_at < a_at);
+    }
+
+    #[test]
+    fn metadata_tags_precede_the_cluster() {
+        let mut f = Feeder::new(FragmenterConfig::default(), &[TrackType::Video]);
+        f.fr.add_metadata("camera", "front", true).unwrap();
+        f.fr.add_metadata("event", "motion", false).unwrap();
+        f.push(0, T0, T0, true, &[1]);
+        f.fr.add_metadata("late", "x", false).unwrap();
+        f.push(0, T0 + 40 * MS, T0 + 40 * MS, true, &[2]);
+        f.fr.add_metadata("unsent", "y", false).unwrap();
+        f.fr.finish(&mut f.out);
+        let frags: Vec<Fragment> = f.out.drain(..).collect();
+        let names = |b: &[u8]| -> Vec<String> {
+            let mut v = Vec::new();
+            let mut i = 0;
+            while let Some(p) = b[i..].windows(2).position(|w| w == [0x45, 0xA3]) {
+                let at = i + p + 2;
+                let len = u64::from_be_bytes(b[at..at + 8].try_into().unwrap()) & !(1 << 56);
+                v.push(String::from_utf8(b[at + 8..at + 8 + len as usize].to_vec()).unwrap());
+                i = at + 8 + len as usize;
+            }
+            v
+        };
+        assert_eq!(names(&frags[0].parts[0]), vec!["camera", "event"]);
+        assert_eq!(names(&frags[1].parts[0]), vec!["camera", "late"]);
+        assert_eq!(
+            names(frags[1].parts.last().unwrap()),
+            vec!["unsent", END_OF_FRAGMENT_TAG]
+        );
+    }
+
+    #[test]
+    fn config_change_starts_a_new_header_at_the_next_key_frame() {
+        let mut f = Feeder::new(FragmenterConfig::default(), &[TrackType::Video]);
+        f.push(0, T0, T0, true, &[1]);
+        let mut bigger = (*video()).clone();
+        bigger.video = Some(VideoParams {
+            width: 640,
+            height: 480,
+        });
+        let block = Frame::copy_block(&mut f.arena, &[2]);
+        f.fr.push(
+            Frame {
+                track: 0,
+                pts: T0 + 40 * MS,
+                dts: T0 + 40 * MS,
+                duration: 0,
+                key: true,
+                discontinuity: false,
+                new_config: Some(Arc::new(bigger)),
+                block,
+            },
+            &mut f.out,
+        );
+        f.fr.finish(&mut f.out);
+        let frags: Vec<Fragment> = f.out.drain(..).collect();
+        assert!(frags[1].header_changed);
+        assert_ne!(frags[0].header, frags[1].header);
+        assert!(frags[1].header.windows(3).any(|w| w == [0xB0, 0x82, 0x02]));
+        assert_eq!(f.fr.stats().headers, 2);
+    }
+
+    #[test]
+    fn arena_shares_chunks() {
+        let mut arena = Arena::new();
+        let blocks: Vec<BytesMut> = (0..100)
+            .map(|_| Frame::copy_block(&mut arena, &[7; 1000]))
+            .collect();
+        assert_eq!(arena.chunks(), 1);
+        assert!(
+            blocks
+                .iter()
+                .all(|b| b.len() == 1013 && b[13..] == [7; 1000])
+        );
+        let _big = Frame::copy_block(&mut arena, &vec![0; 400_000]);
+        assert_eq!(arena.chunks(), 2);
+    }
+}

@@ -1,0 +1,622 @@
+//! The media core's front door: one [`StreamMuxer`] per KVS stream turns what arrives on the
+//! element's pads (caps-level track inputs, buffers with PTS/DTS and a key flag, metadata, EOS)
+//! into KVS fragments and the session header. No GStreamer types.
+//!
+//! Per buffer: the [`crate::timeline`] stamps it; its payload is copied once into the fragment
+//! arena (converting Annex-B to length-prefixed NAL units on the way when needed, see
+//! [`crate::codec::annexb`]); the [`crate::interleave`]r orders frames of all tracks; the
+//! [`crate::fragment`]er cuts them into fragments, which the caller takes with
+//! [`StreamMuxer::pop_fragment`].
+//!
+//! Nothing here is fatal: a frame that cannot be used is dropped, counted in [`MuxStats`] and
+//! logged (an `Err` from [`StreamMuxer::push`] means "this frame was dropped, post a warning").
+//!
+//! ```text
+//! let mut mux = StreamMuxer::new(MuxerConfig::default(), Box::new(SystemClock));
+//! let v = mux.add_track(TrackType::Video, "kinesis_video")?;      // request pads, before data
+//! mux.set_input(v, TrackInput::Configured(TrackConfig::h264(codec_data, w, h)?))?; // caps
+//! mux.push(v, FrameIn { pts, dts, duration, key, data })?;       // each buffer
+//! while let Some(f) = mux.pop_fragment() { store(f) }            // after each call
+//! mux.end_of_stream(v);                                           // EOS per pad
+//! ```
+
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes};
+
+use crate::codec::annexb::{AnnexBConverter, max_converted_len};
+use crate::codec::{CodecError, TrackConfig, TrackType, VideoCodec};
+use crate::fragment::{
+    Arena, Fragment, Fragmenter, FragmenterConfig, FragmenterStats, Frame, TrackError,
+};
+use crate::fragment_metadata::MetadataError;
+use crate::interleave::{DEFAULT_MAX_WAIT_NS, InterleaveStats, Interleaver};
+use crate::mkv::cluster::SIMPLE_BLOCK_HEADER_LEN;
+use crate::timeline::{RawTimes, Timeline, TimelineConfig, TimelineStats, WallClock};
+
+/// Logs go to the media debug category (`kvssink-media`), like the other fragment modules.
+const LOG_TARGET: &str = "gstkvssink::fragment";
+
+/// Everything the element's properties decide for the media path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MuxerConfig {
+    pub timeline: TimelineConfig,
+    pub fragmenter: FragmenterConfig,
+    /// The interleaver's stall bound ([`crate::interleave`]).
+    pub max_wait_ns: u64,
+}
+
+impl Default for MuxerConfig {
+    fn default() -> Self {
+        Self {
+            timeline: TimelineConfig::default(),
+            fragmenter: FragmenterConfig::default(),
+            max_wait_ns: DEFAULT_MAX_WAIT_NS,
+        }
+    }
+}
+
+/// What the caps of a pad say about its stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrackInput {
+    /// CodecPrivate known from the caps (H.264 avc, H.265 hvc1/hev1, AAC, G.711): payloads are
+    /// copied verbatim.
+    Configured(TrackConfig),
+    /// Annex-B H.264/H.265 (`stream-format=byte-stream`): payloads are converted and the
+    /// configuration is built from in-band parameter sets.
+    AnnexB {
+        codec: VideoCodec,
+        width: Option<u32>,
+        height: Option<u32>,
+    },
+}
+
+/// One buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameIn<'a> {
+    /// ns; running time (or raw buffer time with `disable-buffer-clipping`).
+    pub pts: Option<u64>,
+    pub dts: Option<u64>,
+    pub duration: Option<u64>,
+    /// Not `DELTA_UNIT`.
+    pub key: bool,
+    pub data: &'a [u8],
+}
+
+/// Why a call failed. For [`StreamMuxer::push`] every error means that frame was dropped;
+/// nothing else is affected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MuxError {
+    #[error("no track {0}")]
+    UnknownTrack(usize),
+    #[error(transparent)]
+    Track(#[from] TrackError),
+    #[error("track {0} got a buffer before its caps")]
+    NoCaps(usize),
+    #[error("track {track}: {source}")]
+    Codec { track: usize, source: CodecError },
+    #[error("track {0}: caps of a video codec on an audio track or vice versa")]
+    WrongKind(usize),
+}
+
+/// Counters of the whole media path (what was dropped and what was repaired).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MuxStats {
+    pub frames_in: u64,
+    /// Frames that could not be converted (not Annex-B, …).
+    pub dropped_invalid: u64,
+    /// Annex-B frames before the first SPS/PPS(/VPS).
+    pub dropped_no_config: u64,
+    /// Frames too late to be placed in order (see [`crate::interleave`]).
+    pub dropped_late: u64,
+    /// Video frames after a dropped one, until the next key frame.
+    pub dropped_until_key: u64,
+    /// Frames queued in the interleaver when it was flushed.
+    pub dropped_flush: u64,
+    pub timeline: TimelineStats,
+    pub interleave: InterleaveStats,
+    pub fragmenter: FragmenterStats,
+    pub arena_chunks: u64,
+}
+
+impl MuxStats {
+    /// Every frame dropped for any reason.
+    pub fn dropped(&self) -> u64 {
+        self.dropped_invalid
+            + self.dropped_no_config
+            + self.dropped_late
+            + self.dropped_until_key
+            + self.dropped_flush
+            + self.fragmenter.dropped_before_key
+    }
+}
+
+#[derive(Debug)]
+enum Input {
+    PassThrough,
+    AnnexB(AnnexBConverter),
+}
+
+#[derive(Debug)]
+struct MuxTrack {
+    kind: TrackType,
+    input: Option<Input>,
+    /// Configuration to attach to the next frame (it takes effect in order).
+    config_to_send: Option<Arc<TrackConfig>>,
+    last_config: Option<Arc<TrackConfig>>,
+    needs_key: bool,
+    eos: bool,
+    late_warned: bool,
+}
+
+/// One KVS stream's media path. See the module docs for the call order.
+pub struct StreamMuxer {
+    timeline: Timeline,
+    interleaver: Interleaver<Frame>,
+    fragmenter: Fragmenter,
+    arena: Arena,
+    tracks: Vec<MuxTrack>,
+    out: VecDeque<Fragment>,
+    stats: MuxStats,
+}
+
+impl std::fmt::Debug for StreamMuxer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamMuxer")
+            .field("tracks", &self.tracks)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamMuxer {
+    pub fn new(cfg: MuxerConfig, clock: Box<dyn WallClock>) -> Self {
+        let mut fragmenter_cfg = cfg.fragmenter;
+        if cfg.timeline.offline && !fragmenter_cfg.absolute_fragment_times {
+            tracing::info!(
+                target: LOG_TARGET,
+                "offline streaming: using absolute fragment times, as the reference");
+            fragmenter_cfg.absolute_fragment_times = true;
+        }
+        Self {
+            timeline: Timeline::new(cfg.timeline, clock),
+            interleaver: Interleaver::new(cfg.max_wait_ns),
+            fragmenter: Fragmenter::new(fragmenter_cfg),
+            arena: Arena::new(),
+            tracks: Vec::new(),
+            out: VecDeque::with_capacity(4),
+            stats: MuxStats::default(),
+        }
+    }
+
+    /// Adds a track (one per pad, before the first buffer). The returned index is used in every
+    /// other call. Track numbers in the file: video first (1), then audio (2).
+    pub fn add_track(&mut self, kind: TrackType, name: &str) -> Result<usize, MuxError> {
+        let idx = self.fragmenter.add_track(kind, name)?;
+        let il = self.interleaver.add_track();
+        debug_assert_eq!(idx, il);
+        self.tracks.push(MuxTrack {
+            kind,
+            input: None,
+            config_to_send: None,
+            last_config: None,
+            needs_key: false,
+            eos: false,
+            late_warned: false,
+        });
+        Ok(idx)
+    }
+
+    /// Caps: what the track's buffers are. May be called again (caps change): a changed
+    /// configuration becomes a new session header at the next key frame.
+    pub fn set_input(&mut self, track: usize, input: TrackInput) -> Result<(), MuxError> {
+        let t = self
+            .tracks
+            .get_mut(track)
+            .ok_or(MuxError::UnknownTrack(track))?;
+        match input {
+            TrackInput::Configured(cfg) => {
+                if cfg.track_type != t.kind {
+                    return Err(MuxError::WrongKind(track));
+                }
+                t.input = Some(Input::PassThrough);
+                if t.last_config.as_deref() != Some(&cfg) {
+                    tracing::debug!(
+                    target: LOG_TARGET,
+                    "track {track}: configuration {} ({} bytes CodecPrivate)",
+                            cfg.codec_id,
+                            cfg.codec_private.len()
+                        );
+                    let cfg = Arc::new(cfg);
+                    t.last_config = Some(cfg.clone());
+                    if self.fragmenter.started() {
+                        // In order with the frames: it takes effect with the next frame.
+                        t.config_to_send = Some(cfg);
+                    } else {
+                        self.fragmenter.set_initial_config(track, cfg)?;
+                    }
+                }
+            }
+            TrackInput::AnnexB {
+                codec,
+                width,
+                height,
+            } => {
+                if t.kind != TrackType::Video {
+                    return Err(MuxError::WrongKind(track));
+                }
+                let keep = matches!(&t.input, Some(Input::AnnexB(c)) if c.codec() == codec);
+                if !keep {
+                    t.input = Some(Input::AnnexB(AnnexBConverter::new(codec, width, height)));
+                    t.last_config = None;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One buffer of `track`. Fragments that became complete are available from
+    /// [`Self::pop_fragment`] afterwards.
+    pub fn push(&mut self, track: usize, frame: FrameIn<'_>) -> Result<(), MuxError> {
+        let t = self
+            .tracks
+            .get_mut(track)
+            .ok_or(MuxError::UnknownTrack(track))?;
+        self.stats.frames_in += 1;
+        let Some(input) = t.input.as_mut() else {
+            self.stats.dropped_invalid += 1;
+            return Err(MuxError::NoCaps(track));
+        };
+        let stamped = self.timeline.stamp(
+            track,
+            RawTimes {
+                pts: frame.pts,
+                dts: frame.dts,
+                duration: frame.duration,
+            },
+        );
+        let (block, key) = match input {
+            Input::PassThrough => (Frame::copy_block(&mut self.arena, frame.data), frame.key),
+            Input::AnnexB(conv) => {
+                let buf = self
+                    .arena
+                    .reserve(SIMPLE_BLOCK_HEADER_LEN + max_converted_len(frame.data));
+                buf.put_bytes(0, SIMPLE_BLOCK_HEADER_LEN);
+                match conv.convert(frame.data, buf) {
+                    Ok(r) => {
+                        let block = self.arena.take();
+                        if r.config_changed {
+                            let cfg = conv.config().cloned().map(Arc::new);
+                            t.last_config = cfg.clone();
+                            t.config_to_send = cfg;
+                        }
+                        if conv.config().is_none() {
+                            self.stats.dropped_no_config += 1;
+                            tracing::debug!(
+                target: LOG_TARGET,
+                "track {track}: no SPS/PPS seen yet, frame dropped");
+                            return Ok(());
+                        }
+                        (block, frame.key || r.has_random_access)
+                    }
+                    Err(source) => {
+                        drop(self.arena.take());
+                        self.stats.dropped_invalid += 1;
+                        return Err(MuxError::Codec { track, source });
+                    }
+                }
+            }
+        };
+        if t.needs_key {
+            if key {
+                t.needs_key = false;
+            } else {
+                self.stats.dropped_until_key += 1;
+                return Ok(());
+            }
+        }
+        t.eos = false;
+        let f = Frame {
+            track,
+            pts: stamped.pts,
+            dts: stamped.dts,
+            duration: stamped.duration,
+            key,
+            discontinuity: stamped.discontinuity,
+            new_config: t.config_to_send.take(),
+            block,
+        };
+        if let Err(late) = self.interleaver.push(track, stamped.dts, f) {
+            self.stats.dropped_late += 1;
+            let t = &mut self.tracks[track];
+            // Keep a configuration it carried for the next frame.
+            if late.item.new_config.is_some() && t.config_to_send.is_none() {
+                t.config_to_send = late.item.new_config;
+            }
+            if t.kind == TrackType::Video {
+                t.needs_key = true;
+            }
+            let msg = format!(
+                "track {track}: frame {:.1} ms older than frames already sent (it arrived after the {} ms stall bound); dropped",
+                (late.released - late.dts) as f64 / 1e6,
+                self.interleaver.max_wait_ns() / 1_000_000
+            );
+            if t.late_warned {
+                tracing::debug!(
+                target: LOG_TARGET,
+                "{msg}");
+            } else {
+                t.late_warned = true;
+                tracing::warn!(
+                target: LOG_TARGET,
+                "{msg}");
+            }
+        }
+        self.drain();
+        Ok(())
+    }
+
+    fn drain(&mut self) {
+        while let Some((_, f)) = self.interleaver.pop() {
+            self.fragmenter.push(f, &mut self.out);
+        }
+    }
+
+    /// A GAP event: `track` has nothing before `running_time` (ns, same clock as the PTS), so
+    /// the other tracks need not wait for it.
+    pub fn heartbeat(&mut self, track: usize, running_time: u64) -> Result<(), MuxError> {
+        if track >= self.tracks.len() {
+            return Err(MuxError::UnknownTrack(track));
+        }
+        if let Some(ts) = self.timeline.map(running_time) {
+            self.interleaver.heartbeat(track, ts);
+            self.drain();
+        }
+        Ok(())
+    }
+
+    /// True when a non-live producer of `track` should wait for the other tracks before pushing
+    /// more (see [`crate::interleave`]).
+    pub fn would_block(&self, track: usize) -> bool {
+        track < self.tracks.len() && self.interleaver.would_block(track)
+    }
+
+    /// `kvs-add-metadata`: goes in front of the next fragment (persistent: every fragment).
+    pub fn add_metadata(
+        &mut self,
+        name: &str,
+        value: &str,
+        persistent: bool,
+    ) -> Result<(), MetadataError> {
+        self.fragmenter.add_metadata(name, value, persistent)
+    }
+
+    /// EOS on `track`. When every track is at EOS the last fragment is closed with the
+    /// end-of-fragment tag; returns true then.
+    pub fn end_of_stream(&mut self, track: usize) -> Result<bool, MuxError> {
+        let t = self
+            .tracks
+            .get_mut(track)
+            .ok_or(MuxError::UnknownTrack(track))?;
+        t.eos = true;
+        self.interleaver.set_eos(track);
+        self.drain();
+        if self.tracks.iter().all(|t| t.eos) {
+            self.finish();
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Ends the stream now (state change to READY): everything queued is written and the last
+    /// fragment closed with the end-of-fragment tag.
+    pub fn finish(&mut self) {
+        while let Some((_, f)) = self.interleaver.pop_any() {
+            self.fragmenter.push(f, &mut self.out);
+        }
+        self.fragmenter.finish(&mut self.out);
+    }
+
+    /// FLUSH_STOP: queued frames are dropped (counted), the open fragment is closed as is, and
+    /// the next fragment starts at a key frame.
+    pub fn flush(&mut self) {
+        let dropped = self.interleaver.clear();
+        if !dropped.is_empty() {
+            tracing::debug!(
+                target: LOG_TARGET,
+                "flush: {} queued frames dropped", dropped.len());
+        }
+        self.stats.dropped_flush += dropped.len() as u64;
+        self.fragmenter.close(&mut self.out);
+        self.timeline.reset_tracks();
+        for t in &mut self.tracks {
+            t.eos = false;
+            t.needs_key = false;
+        }
+    }
+
+    /// The next completed fragment, in order.
+    pub fn pop_fragment(&mut self) -> Option<Fragment> {
+        self.out.pop_front()
+    }
+
+    /// The current session header (EBML, Segment, Info, Tracks), for (re)connects. None before
+    /// the first fragment started.
+    pub fn header(&self) -> Option<Bytes> {
+        self.fragmenter.header().cloned()
+    }
+
+    /// Track number of a track in the file (after the stream started).
+    pub fn track_number(&self, track: usize) -> Option<u8> {
+        self.fragmenter.track_number(track)
+    }
+
+    pub fn stats(&self) -> MuxStats {
+        MuxStats {
+            timeline: self.timeline.stats(),
+            interleave: self.interleaver.stats(),
+            fragmenter: self.fragmenter.stats(),
+            arena_chunks: self.arena.chunks(),
+            ..self.stats
+        }
+    }
+}
+
+/// Writes fragments as one playable Matroska byte stream, as the uploader sends them: the header
+/// before the first fragment and before every fragment that changes it. This is what
+/// `KVS_DEBUG_DUMP_DATA_FILE_DIR` files contain.
+pub fn write_fragment(w: &mut impl Write, f: &Fragment, first: bool) -> io::Result<()> {
+    if first || f.header_changed {
+        w.write_all(&f.header)?;
+    }
+    f.write_to(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::G711Law;
+    use crate::timeline::tests::ManualClock;
+
+    const MS: u64 = 1_000_000;
+    const EPOCH: u64 = 1_700_000_000_000 * MS;
+
+    fn h264() -> TrackConfig {
+        TrackConfig::h264(
+            &[
+                1, 66, 0, 30, 0xff, 0xe1, 0, 4, 0x67, 66, 0, 30, 1, 0, 2, 0x68, 0xce,
+            ],
+            Some(320),
+            Some(240),
+        )
+        .unwrap()
+    }
+
+    fn frame(pts_ms: u64, key: bool, data: &[u8]) -> FrameIn<'_> {
+        FrameIn {
+            pts: Some(pts_ms * MS),
+            dts: Some(pts_ms * MS),
+            duration: None,
+            key,
+            data,
+        }
+    }
+
+    fn collect(m: &mut StreamMuxer) -> Vec<Fragment> {
+        std::iter::from_fn(|| m.pop_fragment()).collect()
+    }
+
+    #[test]
+    fn av_stream_end_to_end() {
+        let clock = ManualClock::at(EPOCH);
+        let mut m = StreamMuxer::new(MuxerConfig::default(), Box::new(clock));
+        let a = m.add_track(TrackType::Audio, "audio").unwrap();
+        let v = m.add_track(TrackType::Video, "kinesis_video").unwrap();
+        assert_eq!(m.push(v, frame(0, true, b"x")), Err(MuxError::NoCaps(v)));
+        m.set_input(v, TrackInput::Configured(h264())).unwrap();
+        m.set_input(
+            a,
+            TrackInput::Configured(TrackConfig::g711(G711Law::MuLaw, 8000, 1).unwrap()),
+        )
+        .unwrap();
+        assert_eq!(
+            m.set_input(a, TrackInput::Configured(h264())),
+            Err(MuxError::WrongKind(a))
+        );
+        for i in 0..50u64 {
+            m.push(v, frame(i * 40, i % 25 == 0, &[1; 100])).unwrap();
+            m.push(a, frame(i * 40 + 5, false, &[2; 20])).unwrap();
+        }
+        assert!(m.header().is_some());
+        m.end_of_stream(a).unwrap();
+        assert!(m.end_of_stream(v).unwrap());
+        let frags = collect(&mut m);
+        assert_eq!(frags.len(), 2);
+        assert_eq!(frags[0].timecode, EPOCH / MS);
+        assert_eq!(frags[0].frame_counts, [25, 25, 0]);
+        assert_eq!(frags[1].frame_counts, [25, 25, 0]);
+        assert!(frags[1].end_of_stream);
+        assert_eq!(m.stats().dropped(), 1, "the buffer before caps");
+        assert_eq!(m.track_number(v), Some(1));
+    }
+
+    #[test]
+    fn stalled_audio_does_not_stop_video_fragments() {
+        let clock = ManualClock::at(EPOCH);
+        let mut m = StreamMuxer::new(MuxerConfig::default(), Box::new(clock.clone()));
+        let v = m.add_track(TrackType::Video, "v").unwrap();
+        let a = m.add_track(TrackType::Audio, "a").unwrap();
+        m.set_input(v, TrackInput::Configured(h264())).unwrap();
+        m.set_input(
+            a,
+            TrackInput::Configured(TrackConfig::aac(Some(&[0x12, 0x10]), None, None).unwrap()),
+        )
+        .unwrap();
+        let mut frags = Vec::new();
+        for i in 0..250u64 {
+            // Audio stops after 2 s; video goes on for 10 s with a key frame every second.
+            m.push(v, frame(i * 40, i % 25 == 0, &[1; 10])).unwrap();
+            if i * 40 < 2000 {
+                m.push(a, frame(i * 40, true, &[2; 10])).unwrap();
+            }
+            clock.advance(40 * MS);
+            frags.extend(collect(&mut m));
+        }
+        // Fragments kept coming during the stall (all but the last ~2 s bound + open GOP).
+        assert!(frags.len() >= 7, "{} fragments", frags.len());
+        assert_eq!(m.stats().interleave.stalls, 1);
+        // Audio comes back late: dropped, counted; video unaffected.
+        m.push(a, frame(2100, true, &[2; 10])).unwrap();
+        assert_eq!(m.stats().dropped_late, 1);
+        m.finish();
+        frags.extend(collect(&mut m));
+        let video: u32 = frags.iter().map(|f| f.frame_counts[v]).sum();
+        assert_eq!(video, 250);
+    }
+
+    #[test]
+    fn annexb_track_is_configured_from_the_stream_and_drops_until_sps() {
+        let clock = ManualClock::at(EPOCH);
+        let mut m = StreamMuxer::new(MuxerConfig::default(), Box::new(clock));
+        let v = m.add_track(TrackType::Video, "v").unwrap();
+        m.set_input(
+            v,
+            TrackInput::AnnexB {
+                codec: VideoCodec::H264,
+                width: None,
+                height: None,
+            },
+        )
+        .unwrap();
+        m.push(v, frame(0, false, &[0, 0, 1, 0x41, 9])).unwrap();
+        assert!(matches!(
+            m.push(v, frame(40, false, &[1, 2, 3])),
+            Err(MuxError::Codec { .. })
+        ));
+        let sps_pps_idr = [
+            0, 0, 0, 1, 0x67, 66, 0, 30, 0xF4, 0x0A, 0x0F, 0xC8, 0, 0, 0, 1, 0x68, 0xce, 0x38,
+            0x80, 0, 0, 0, 1, 0x65, 0x88, 0x84,
+        ];
+        m.push(v, frame(80, false, &sps_pps_idr)).unwrap();
+        m.push(v, frame(120, false, &[0, 0, 1, 0x41, 0x9a]))
+            .unwrap();
+        m.finish();
+        let frags = collect(&mut m);
+        assert_eq!(frags.len(), 1);
+        assert!(frags[0].key, "IDR detected in the stream");
+        assert_eq!(frags[0].frames(), 2);
+        let st = m.stats();
+        assert_eq!((st.dropped_no_config, st.dropped_invalid), (1, 1));
+        let header = m.header().unwrap();
+        assert!(
+            header.windows(4).any(|w| w == [0x63, 0xA2, 0x97, 1]),
+            "avcC CodecPrivate"
+        );
+        // Block payload: length-prefixed NALs.
+        let block = &frags[0].parts[1];
+        assert_eq!(&block[13..17], &[0, 0, 0, 8]);
+        assert_eq!(block[17], 0x67);
+    }
+}
