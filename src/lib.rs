@@ -6,6 +6,8 @@
 #![allow(clippy::non_send_fields_in_send_ty, unused_doc_comments)]
 
 pub mod kvssink;
+#[cfg(feature = "local-endpoint")]
+pub mod local;
 pub mod logging;
 
 use gst::glib;

@@ -254,9 +254,7 @@ impl LogConfig {
                 problem,
             };
             let Some((key, value)) = line.split_once('=') else {
-                return Err(syntax(format!(
-                    "expected 'key = value', found '{line}'"
-                )));
+                return Err(syntax(format!("expected 'key = value', found '{line}'")));
             };
             let (key, value) = (key.trim(), value.trim());
             if key.starts_with("log4cplus.") {
@@ -338,8 +336,8 @@ fn add_output(path: &Path) -> std::io::Result<()> {
         return Ok(());
     }
     let file = Mutex::new(OpenOptions::new().create(true).append(true).open(path)?);
-    let function = gst::log::add_log_function(
-        move |cat, level, file_name, function, line, obj, message| {
+    let function =
+        gst::log::add_log_function(move |cat, level, file_name, function, line, obj, message| {
             if !cat.name().starts_with("kvssink") {
                 return;
             }
@@ -362,8 +360,7 @@ fn add_output(path: &Path) -> std::io::Result<()> {
                 obj,
                 text
             );
-        },
-    );
+        });
     outputs.insert(path.to_owned(), function);
     Ok(())
 }
@@ -421,10 +418,22 @@ mod tests {
     #[test]
     fn target_to_category() {
         gst::init().unwrap();
-        assert_eq!(category_for_target("gstkvssink::mkv::cluster").name(), "kvssink-media");
-        assert_eq!(category_for_target("gstkvssink::upload").name(), "kvssink-upload");
-        assert_eq!(category_for_target("gstkvssink::local::server").name(), "kvssink-endpoint");
-        assert_eq!(category_for_target("gstkvssink::kvssink::imp").name(), "kvssink");
+        assert_eq!(
+            category_for_target("gstkvssink::mkv::cluster").name(),
+            "kvssink-media"
+        );
+        assert_eq!(
+            category_for_target("gstkvssink::upload").name(),
+            "kvssink-upload"
+        );
+        assert_eq!(
+            category_for_target("gstkvssink::local::server").name(),
+            "kvssink-endpoint"
+        );
+        assert_eq!(
+            category_for_target("gstkvssink::kvssink::imp").name(),
+            "kvssink"
+        );
     }
 
     #[test]

@@ -70,7 +70,10 @@ impl KvsSink {
         gst::element_imp_error!(
             self,
             gst::CoreError::NotImplemented,
-            ["kvssink cannot process media on {} yet: the media path is not built", pad.name()]
+            [
+                "kvssink cannot process media on {} yet: the media path is not built",
+                pad.name()
+            ]
         );
         Err(gst::FlowError::NotSupported)
     }
@@ -135,9 +138,9 @@ impl KvsSink {
                         config.skipped_log4cplus_lines
                     );
                 }
-                config.apply(&settings.log_config).map_err(|e| {
-                    gst::error_msg!(gst::LibraryError::Settings, ["{}", e])
-                })?;
+                config
+                    .apply(&settings.log_config)
+                    .map_err(|e| gst::error_msg!(gst::LibraryError::Settings, ["{}", e]))?;
             }
             Ok(None) => gst::debug!(
                 CAT,
@@ -304,7 +307,9 @@ impl ObjectImpl for KvsSink {
                 s.streaming_type = value.get::<StreamingType>().expect("type checked upstream")
             }
             "content-type" => {
-                s.content_type = value.get::<Option<String>>().expect("type checked upstream")
+                s.content_type = value
+                    .get::<Option<String>>()
+                    .expect("type checked upstream")
             }
             "max-latency" => s.max_latency_seconds = u(),
             "fragment-duration" => s.fragment_duration_ms = u(),
@@ -487,7 +492,11 @@ impl ElementImpl for KvsSink {
         let mut state = lock(&self.state);
         if state.count(kind) >= 1 {
             drop(state);
-            let what = if kind == PadKind::Video { "video" } else { "audio" };
+            let what = if kind == PadKind::Video {
+                "video"
+            } else {
+                "audio"
+            };
             gst::warning!(
                 CAT,
                 imp = self,
@@ -496,7 +505,11 @@ impl ElementImpl for KvsSink {
             gst::element_imp_warning!(
                 self,
                 gst::CoreError::Pad,
-                ["kvssink takes at most one {} pad and one audio/video pad each; a further {} pad request was refused", what, what]
+                [
+                    "kvssink takes at most one {} pad and one audio/video pad each; a further {} pad request was refused",
+                    what,
+                    what
+                ]
             );
             return None;
         }

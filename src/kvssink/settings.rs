@@ -73,8 +73,13 @@ pub const MAX_TAG_VALUE_LEN: usize = 256;
 /// `file-start-time` values above this are almost certainly milliseconds (year 5138 in seconds).
 pub const MAX_PLAUSIBLE_FILE_START_TIME_SECONDS: u64 = 100_000_000_000;
 
-pub const IOT_REQUIRED_FIELDS: [&str; 5] =
-    ["endpoint", "cert-path", "key-path", "ca-path", "role-aliases"];
+pub const IOT_REQUIRED_FIELDS: [&str; 5] = [
+    "endpoint",
+    "cert-path",
+    "key-path",
+    "ca-path",
+    "role-aliases",
+];
 pub const IOT_OPTIONAL_FIELDS: [&str; 3] =
     ["iot-thing-name", "connection-timeout", "completion-timeout"];
 
@@ -194,8 +199,14 @@ impl fmt::Debug for Settings {
             .field("stream_name", &self.stream_name)
             .field("aws_region", &self.aws_region)
             .field("streaming_type", &self.streaming_type)
-            .field("access_key", &redacted(&self.access_key, ACCESS_KEY_SENTINEL))
-            .field("secret_key", &redacted(&self.secret_key, SECRET_KEY_SENTINEL))
+            .field(
+                "access_key",
+                &redacted(&self.access_key, ACCESS_KEY_SENTINEL),
+            )
+            .field(
+                "secret_key",
+                &redacted(&self.secret_key, SECRET_KEY_SENTINEL),
+            )
             .field(
                 "session_token",
                 &redacted(&self.session_token, SESSION_TOKEN_SENTINEL),
@@ -211,7 +222,11 @@ impl fmt::Debug for Settings {
 }
 
 fn redacted(value: &str, sentinel: &str) -> &'static str {
-    if value == sentinel { "<unset>" } else { "<set>" }
+    if value == sentinel {
+        "<unset>"
+    } else {
+        "<set>"
+    }
 }
 
 /// A property value that cannot be used, with the rule it breaks.
@@ -343,7 +358,10 @@ pub fn check_iot_certificate(iot: &gst::StructureRef) -> Result<(), InvalidPrope
     let shown = format!(
         "{}{{{}}}",
         iot.name(),
-        iot.fields().map(|f| f.as_str()).collect::<Vec<_>>().join(", ")
+        iot.fields()
+            .map(|f| f.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     for (key, value) in iot.iter() {
         let key = key.as_str();
@@ -470,25 +488,27 @@ impl Settings {
             ));
         }
 
-        let (connection_timeout_seconds, completion_timeout_seconds) =
-            if self.connection_timeout_seconds > self.completion_timeout_seconds {
-                warnings.push(format!(
+        let (connection_timeout_seconds, completion_timeout_seconds) = if self
+            .connection_timeout_seconds
+            > self.completion_timeout_seconds
+        {
+            warnings.push(format!(
                     "connection-timeout ({} s) is larger than completion-timeout ({} s); both are reset to {} s and {} s, as in the reference element",
                     self.connection_timeout_seconds,
                     self.completion_timeout_seconds,
                     DEFAULT_CONNECTION_TIMEOUT_SECONDS,
                     DEFAULT_COMPLETION_TIMEOUT_SECONDS
                 ));
-                (
-                    DEFAULT_CONNECTION_TIMEOUT_SECONDS,
-                    DEFAULT_COMPLETION_TIMEOUT_SECONDS,
-                )
-            } else {
-                (
-                    self.connection_timeout_seconds,
-                    self.completion_timeout_seconds,
-                )
-            };
+            (
+                DEFAULT_CONNECTION_TIMEOUT_SECONDS,
+                DEFAULT_COMPLETION_TIMEOUT_SECONDS,
+            )
+        } else {
+            (
+                self.connection_timeout_seconds,
+                self.completion_timeout_seconds,
+            )
+        };
 
         if self.streaming_type == StreamingType::Offline
             && !self.use_original_pts
@@ -626,7 +646,10 @@ mod tests {
     fn length_limits() {
         init();
         for (prop, f) in [
-            ("user-agent", (|s: &mut Settings, v| s.user_agent = v) as fn(&mut Settings, String)),
+            (
+                "user-agent",
+                (|s: &mut Settings, v| s.user_agent = v) as fn(&mut Settings, String),
+            ),
             ("codec-id", |s, v| s.codec_id = v),
             ("track-name", |s, v| s.track_name = v),
         ] {
@@ -666,7 +689,10 @@ mod tests {
         };
         let eff = s.validate(None).unwrap();
         assert_eq!(
-            (eff.connection_timeout_seconds, eff.completion_timeout_seconds),
+            (
+                eff.connection_timeout_seconds,
+                eff.completion_timeout_seconds
+            ),
             (5, 10)
         );
         assert_eq!(eff.warnings.len(), 1);
@@ -696,7 +722,10 @@ mod tests {
         assert!(check_stream_tags(&ok).is_ok());
         let bad = gst::Structure::builder("tags").field("count", 3i32).build();
         let e = check_stream_tags(&bad).unwrap_err();
-        assert!(e.rule.contains("'count'") && e.rule.contains("string"), "{e}");
+        assert!(
+            e.rule.contains("'count'") && e.rule.contains("string"),
+            "{e}"
+        );
         let reserved = gst::Structure::builder("tags").field("aws:x", "y").build();
         assert!(check_stream_tags(&reserved).is_err());
         let long = gst::Structure::builder("tags")
@@ -733,11 +762,11 @@ mod tests {
         );
         let e = check_iot_certificate(&base().field("region", "x").build()).unwrap_err();
         assert!(e.rule.contains("unknown field 'region'"), "{e}");
-        let e = check_iot_certificate(&base().field("connection-timeout", 3i32).build())
-            .unwrap_err();
+        let e =
+            check_iot_certificate(&base().field("connection-timeout", 3i32).build()).unwrap_err();
         assert!(e.rule.contains("must be a string"), "{e}");
-        let e = check_iot_certificate(&base().field("connection-timeout", "soon").build())
-            .unwrap_err();
+        let e =
+            check_iot_certificate(&base().field("connection-timeout", "soon").build()).unwrap_err();
         assert!(e.rule.contains("whole number"), "{e}");
         let mut missing = base().build();
         missing.remove_field("ca-path");
