@@ -394,6 +394,9 @@ async fn handle(
         Ok(ak) => log.access_key_id = Some(ak),
         Err(e) => {
             tracing::debug!(%peer, operation, error = %e, "authentication failed");
+            log.access_key_id = header(&headers, "authorization")
+                .and_then(|a| sigv4::parse_authorization(a).ok())
+                .map(|a| a.access_key_id);
             let e = ApiError::new(e.status(), e.error_type(), e.to_string());
             log.finish(&service.registry, e.status, Some(&e.error_type));
             return error_response(&e, &rid);
