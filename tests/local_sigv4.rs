@@ -14,7 +14,8 @@ use local_common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn capture() -> String {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/cpp-putmedia-capture.txt");
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/reference/cpp-putmedia-capture.txt");
     std::fs::read_to_string(p).expect("the capture")
 }
 
@@ -61,8 +62,16 @@ fn captured_requests() -> Vec<(String, Vec<(String, String)>, Vec<u8>)> {
     out
 }
 
-fn verify(path: &str, headers: &[(String, String)], body: &[u8], secret: &str) -> Result<String, AuthError> {
-    let refs: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+fn verify(
+    path: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+    secret: &str,
+) -> Result<String, AuthError> {
+    let refs: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
     let hash = if path == "/putMedia" {
         sigv4::EMPTY_SHA256.to_owned()
     } else {
@@ -75,7 +84,12 @@ fn verify(path: &str, headers: &[(String, String)], body: &[u8], secret: &str) -
         headers: &refs,
         payload_sha256: &hash,
     };
-    let date = headers.iter().find(|(n, _)| n == "X-Amz-Date").unwrap().1.clone();
+    let date = headers
+        .iter()
+        .find(|(n, _)| n == "X-Amz-Date")
+        .unwrap()
+        .1
+        .clone();
     let params = VerifyParams {
         service: "kinesisvideo",
         region: Some("us-west-2"),
@@ -96,11 +110,22 @@ fn captured_requests_verify_and_every_tampering_is_rejected() {
     let reqs = captured_requests();
     assert_eq!(reqs.len(), 6, "PutMedia + 5 control-plane requests");
     for (path, headers, body) in &reqs {
-        assert_eq!(verify(path, headers, body, "secret").as_deref(), Ok("AKIDEXAMPLE"), "{path}");
-        assert_eq!(verify(path, headers, body, "secreT"), Err(AuthError::SignatureMismatch));
+        assert_eq!(
+            verify(path, headers, body, "secret").as_deref(),
+            Ok("AKIDEXAMPLE"),
+            "{path}"
+        );
+        assert_eq!(
+            verify(path, headers, body, "secreT"),
+            Err(AuthError::SignatureMismatch)
+        );
 
         // One byte changed in each signed header value.
-        let auth = &headers.iter().find(|(n, _)| n == "Authorization").unwrap().1;
+        let auth = &headers
+            .iter()
+            .find(|(n, _)| n == "Authorization")
+            .unwrap()
+            .1;
         let signed: Vec<String> = auth
             .split("SignedHeaders=")
             .nth(1)
@@ -113,7 +138,11 @@ fn captured_requests_verify_and_every_tampering_is_rejected() {
             .collect();
         for name in &signed {
             let mut h = headers.clone();
-            let v = &mut h.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name)).unwrap().1;
+            let v = &mut h
+                .iter_mut()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .unwrap()
+                .1;
             let mut chars: Vec<char> = v.chars().collect();
             let i = chars.len().saturating_sub(2);
             chars[i] = match chars[i] {
@@ -134,25 +163,38 @@ fn captured_requests_verify_and_every_tampering_is_rejected() {
         let flipped = if a.ends_with('0') { '1' } else { '0' };
         a.pop();
         a.push(flipped);
-        assert_eq!(verify(path, &h, body, "secret"), Err(AuthError::SignatureMismatch));
+        assert_eq!(
+            verify(path, &h, body, "secret"),
+            Err(AuthError::SignatureMismatch)
+        );
         // One byte changed in a control-plane body.
         if !body.is_empty() {
             let mut b = body.clone();
             let i = b.iter().position(|&c| c == b'"').unwrap() + 1;
             b[i] ^= 0x20;
-            assert_eq!(verify(path, headers, &b, "secret"), Err(AuthError::SignatureMismatch));
+            assert_eq!(
+                verify(path, headers, &b, "secret"),
+                Err(AuthError::SignatureMismatch)
+            );
         }
     }
     // Unsigned headers may change: content-type is not signed by the reference element.
     let (path, mut headers, body) = reqs[0].clone();
-    headers.iter_mut().find(|(n, _)| n == "content-type").unwrap().1 = "text/plain".into();
+    headers
+        .iter_mut()
+        .find(|(n, _)| n == "content-type")
+        .unwrap()
+        .1 = "text/plain".into();
     assert!(verify(&path, &headers, &body, "secret").is_ok());
 }
 
 #[test]
 fn freshness_scope_and_key_are_checked() {
     let (path, headers, body) = captured_requests().remove(0);
-    let refs: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    let refs: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
     let parts = RequestParts {
         method: "POST",
         path: &path,
@@ -175,14 +217,24 @@ fn freshness_scope_and_key_are_checked() {
         now,
         max_skew: Some(Duration::from_secs(300)),
     };
-    let late = sigv4::verify(&parts, &params(signed_at + Duration::from_secs(301), Some("us-west-2")), key);
-    assert!(matches!(late, Err(AuthError::SignatureExpired { .. })), "{late:?}");
+    let late = sigv4::verify(
+        &parts,
+        &params(signed_at + Duration::from_secs(301), Some("us-west-2")),
+        key,
+    );
+    assert!(
+        matches!(late, Err(AuthError::SignatureExpired { .. })),
+        "{late:?}"
+    );
     assert_eq!(late.unwrap_err().error_type(), "InvalidSignatureException");
     let wrong_region = sigv4::verify(&parts, &params(signed_at, Some("eu-west-1")), key);
     assert!(matches!(wrong_region, Err(AuthError::Scope(_))));
     let unknown = sigv4::verify(&parts, &params(signed_at, Some("us-west-2")), |_| None);
     assert_eq!(unknown, Err(AuthError::UnknownAccessKey));
-    assert_eq!(AuthError::UnknownAccessKey.error_type(), "UnrecognizedClientException");
+    assert_eq!(
+        AuthError::UnknownAccessKey.error_type(),
+        "UnrecognizedClientException"
+    );
     let expired = sigv4::verify(&parts, &params(signed_at, Some("us-west-2")), |_| {
         Some(KeyInfo {
             secret_access_key: "secret".into(),
@@ -211,12 +263,18 @@ async fn replay_capture(tamper: bool) -> String {
     }
     head.push_str("\r\n");
     if tamper {
-        head = head.replace("x-amzn-producer-start-timestamp: 1795311463.672", "x-amzn-producer-start-timestamp: 1795311463.673");
+        head = head.replace(
+            "x-amzn-producer-start-timestamp: 1795311463.672",
+            "x-amzn-producer-start-timestamp: 1795311463.673",
+        );
     }
     let mut s = tokio::net::TcpStream::connect(ep.addr()).await.unwrap();
     s.write_all(head.as_bytes()).await.unwrap();
     let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
     let sessions = ep.sessions(Some("test"));
     let log = ep.requests();
@@ -233,7 +291,11 @@ async fn the_endpoint_accepts_the_captured_request_and_rejects_a_tampered_one() 
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
     let bad = replay_capture(true).await;
     assert!(bad.starts_with("HTTP/1.1 403"), "{bad}");
-    assert!(bad.to_ascii_lowercase().contains("x-amzn-errortype: invalidsignatureexception"), "{bad}");
+    assert!(
+        bad.to_ascii_lowercase()
+            .contains("x-amzn-errortype: invalidsignatureexception"),
+        "{bad}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,17 +305,35 @@ async fn stale_or_foreign_signatures_are_answered_like_the_service() {
     let body = mkv_stream(1000, 1, 2, 10);
     let mut req = PutMediaRequest::new(&ep, "s");
     req.signing_time = Some(std::time::SystemTime::now() - Duration::from_secs(600));
-    let up = put_media(&req, schedule(&body, Pacing::FullSpeed { max_chunk: 100 }), Duration::from_secs(5)).await;
+    let up = put_media(
+        &req,
+        schedule(&body, Pacing::FullSpeed { max_chunk: 100 }),
+        Duration::from_secs(5),
+    )
+    .await;
     assert_eq!(up.status, 403);
     let body_json = up.error_body.unwrap();
     assert_eq!(body_json["__type"], "InvalidSignatureException");
-    assert!(body_json["Message"].as_str().unwrap().starts_with("Signature expired"));
+    assert!(
+        body_json["Message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Signature expired")
+    );
 
     let mut req = PutMediaRequest::new(&ep, "s");
     req.credentials = Credentials::new("AKIDSOMEONEELSE", "x");
-    let up = put_media(&req, schedule(&body, Pacing::FullSpeed { max_chunk: 100 }), Duration::from_secs(5)).await;
+    let up = put_media(
+        &req,
+        schedule(&body, Pacing::FullSpeed { max_chunk: 100 }),
+        Duration::from_secs(5),
+    )
+    .await;
     assert_eq!(up.status, 403);
-    assert_eq!(up.error_body.unwrap()["__type"], "UnrecognizedClientException");
+    assert_eq!(
+        up.error_body.unwrap()["__type"],
+        "UnrecognizedClientException"
+    );
 
     // The request log names the access key, never a secret or a signature.
     let log = serde_json::to_string(&ep.requests()).unwrap();

@@ -16,14 +16,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderValue, Response};
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::ack::{Ack, AckEventType};
 use super::faults::ConnectionFault;
@@ -38,7 +38,7 @@ use super::store::Store;
 pub(crate) fn start(
     service: Arc<Service>,
     headers: &[(String, String)],
-    body: Incoming,
+    body: &mut Option<Incoming>,
     peer: SocketAddr,
     kill: Arc<ConnectionKill>,
     request_id: &str,
@@ -113,9 +113,10 @@ pub(crate) fn start(
     })?;
     tracing::info!(session = id, %stream, %peer, "PutMedia session started");
 
+    let body = body.take().expect("PutMedia has a body");
     let (body_tx, body_rx) = mpsc::channel::<Bytes>(64);
-    let (ack_tx, ack_rx) = mpsc::unbounded_channel::<(Instant, Bytes)>();
-    tokio::spawn(ack_writer(ack_rx, body_tx));
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Outgoing>();
+    tokio::spawn(ack_writer(ack_rx, body_tx, kill.clone()));
     let session = Session {
         splitter: Splitter::new(service.settings.limits.clone()),
         service,
@@ -145,13 +146,41 @@ pub(crate) fn start(
     Ok(resp)
 }
 
-/// Writes ACK chunks when they are due; the response ends when every sender is gone.
-async fn ack_writer(mut rx: mpsc::UnboundedReceiver<(Instant, Bytes)>, tx: mpsc::Sender<Bytes>) {
-    while let Some((due, bytes)) = rx.recv().await {
-        tokio::time::sleep_until(due.into()).await;
-        if tx.send(bytes).await.is_err() {
-            return;
+/// What the session hands the ACK writer.
+enum Outgoing {
+    /// An ACK chunk and when it is due.
+    Ack(Instant, Bytes),
+    /// Answer once everything queued before was handed to the connection.
+    Flush(oneshot::Sender<()>),
+}
+
+/// Writes ACK chunks when they are due. The response ends when the session drops its sender,
+/// unless a fault killed the connection: then the response is left unfinished.
+async fn ack_writer(
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    tx: mpsc::Sender<Bytes>,
+    kill: Arc<ConnectionKill>,
+) {
+    while let Some(out) = rx.recv().await {
+        match out {
+            Outgoing::Ack(due, bytes) => {
+                tokio::time::sleep_until(due.into()).await;
+                if tx.send(bytes).await.is_err() {
+                    return;
+                }
+            }
+            Outgoing::Flush(done) => {
+                while tx.capacity() < tx.max_capacity() && !tx.is_closed() {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                // hyper writes a frame to the socket right after taking it from the channel.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let _ = done.send(());
+            }
         }
+    }
+    if kill.is_killed() {
+        tx.closed().await;
     }
 }
 
@@ -174,7 +203,7 @@ struct Session {
     relative: bool,
     producer_start_ms: Option<u64>,
     kill: Arc<ConnectionKill>,
-    ack_tx: Option<mpsc::UnboundedSender<(Instant, Bytes)>>,
+    ack_tx: Option<mpsc::UnboundedSender<Outgoing>>,
     splitter: Splitter,
     header: Option<Arc<SessionHeader>>,
     fragments_started: u64,
@@ -475,6 +504,13 @@ impl Session {
         );
         match fault {
             ConnectionFault::Disconnect(how) => {
+                // ACKs the server produced before the fault reach the client first.
+                if let Some(tx) = &self.ack_tx {
+                    let (done_tx, done_rx) = oneshot::channel();
+                    if tx.send(Outgoing::Flush(done_tx)).is_ok() {
+                        let _ = done_rx.await;
+                    }
+                }
                 self.kill.kill(how);
                 self.end(SessionEnd::Disconnected(how));
             }
@@ -563,7 +599,7 @@ impl Session {
         tracing::trace!(session = self.id, ?ack, "ACK");
         let due = Instant::now() + self.service.faults.ack_delay();
         if let Some(tx) = &self.ack_tx {
-            let _ = tx.send((due, Bytes::from(ack.to_wire())));
+            let _ = tx.send(Outgoing::Ack(due, Bytes::from(ack.to_wire())));
         }
     }
 }

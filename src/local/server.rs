@@ -79,6 +79,10 @@ impl ConnectionKill {
         self.notify.notify_one();
     }
 
+    pub fn is_killed(&self) -> bool {
+        self.how.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
     async fn wait(&self) -> Disconnect {
         loop {
             if let Some(how) = *self.how.lock().unwrap_or_else(|e| e.into_inner()) {
@@ -399,6 +403,7 @@ async fn handle(
                 .map(|a| a.access_key_id);
             let e = ApiError::new(e.status(), e.error_type(), e.to_string());
             log.finish(&service.registry, e.status, Some(&e.error_type));
+            drain(body);
             return error_response(&e, &rid);
         }
     }
@@ -407,17 +412,20 @@ async fn handle(
         let e = ApiError::new(f.status, &f.error_type, f.message);
         tracing::debug!(operation, status = e.status, "injected HTTP fault");
         log.finish(&service.registry, e.status, Some(&e.error_type));
+        drain(body);
         return error_response(&e, &rid);
     }
 
-    if let Some(body) = body {
-        return match putmedia::start(service.clone(), &headers, body, peer, kill, &rid) {
+    if body.is_some() {
+        let mut body = body;
+        return match putmedia::start(service.clone(), &headers, &mut body, peer, kill, &rid) {
             Ok(resp) => {
                 log.finish(&service.registry, 200, None);
                 resp
             }
             Err(e) => {
                 log.finish(&service.registry, e.status, Some(&e.error_type));
+                drain(body);
                 error_response(&e, &rid)
             }
         };
@@ -437,6 +445,19 @@ async fn handle(
             log.finish(&service.registry, e.status, Some(&e.error_type));
             error_response(&e, &rid)
         }
+    }
+}
+
+/// Reads and discards a request body the server answered without using, for a while, so the
+/// client can read the error answer instead of running into a reset.
+fn drain(body: Option<Incoming>) {
+    if let Some(mut body) = body {
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                while let Some(Ok(_)) = body.frame().await {}
+            })
+            .await;
+        });
     }
 }
 
