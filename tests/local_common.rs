@@ -179,6 +179,8 @@ pub struct PutMediaRequest {
     pub acks_required: bool,
     /// Signed at this time instead of now.
     pub signing_time: Option<SystemTime>,
+    /// PEM of the only CA to trust (TLS endpoints).
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl PutMediaRequest {
@@ -197,6 +199,7 @@ impl PutMediaRequest {
             ),
             acks_required: true,
             signing_time: None,
+            ca_pem: ep.ca_certificate_path().map(|p| std::fs::read(p).unwrap()),
         }
     }
 }
@@ -320,13 +323,15 @@ fn sign(
     instructions.apply_to_request_http1x(req);
 }
 
-pub fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
+pub fn http_client(ca_pem: Option<&[u8]>) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
         .http1_only()
         .tcp_nodelay(true)
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap()
+        .pool_max_idle_per_host(0);
+    if let Some(pem) = ca_pem {
+        b = b.tls_certs_only([reqwest::Certificate::from_pem(pem).unwrap()]);
+    }
+    b.build().unwrap()
 }
 
 /// Streams `pieces` to `/putMedia` as a chunked body while reading ACKs; gives up after `limit`.
@@ -369,7 +374,7 @@ pub async fn put_media(
         }
         (sent, Some(Instant::now()), None)
     });
-    let client = http_client();
+    let client = http_client(req.ca_pem.as_deref());
     let run = async {
         let resp = match client
             .execute(reqwest::Request::try_from(hreq).unwrap())
@@ -466,7 +471,7 @@ pub async fn raw_call(
         .body(reqwest::Body::from(bytes))
         .unwrap();
     sign(&mut req, creds, SystemTime::now(), &hash);
-    let resp = http_client()
+    let resp = http_client(None)
         .execute(reqwest::Request::try_from(req).unwrap())
         .await
         .unwrap();

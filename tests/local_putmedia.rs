@@ -597,3 +597,42 @@ async fn deleting_the_stream_mid_session_gets_4008() {
         (Some(4008), Some("STREAM_NOT_ACTIVE"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_the_generated_certificate() {
+    let ep = setup(
+        "s",
+        Config {
+            tls: true,
+            ..Default::default()
+        },
+    );
+    assert!(ep.url().starts_with("https://127.0.0.1:"));
+    let ca = ep.ca_certificate_path().unwrap();
+    assert_eq!(ca.extension().unwrap(), "pem");
+    assert!(
+        ep.env()
+            .iter()
+            .any(|(k, v)| *k == "KVSSINK_CA_CERT_PATH" && v == &ca.display().to_string())
+    );
+    let body = mkv_stream(7_000, 3, 5, 100);
+    let up = upload(&ep, "s", &body).await;
+    assert_eq!(up.status, 200);
+    assert_eq!(up.of_type(AckEventType::Persisted).len(), 3);
+    // A client that does not trust the certificate cannot connect.
+    let mut req = PutMediaRequest::new(&ep, "s");
+    req.ca_pem = None;
+    let up = put_media(
+        &req,
+        schedule(&body, Pacing::FullSpeed { max_chunk: 1000 }),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(up.status, 0);
+    assert!(
+        up.response_end
+            .unwrap_err()
+            .to_lowercase()
+            .contains("certificate")
+    );
+}

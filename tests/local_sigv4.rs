@@ -19,8 +19,11 @@ fn capture() -> String {
     std::fs::read_to_string(p).expect("the capture")
 }
 
-/// (method, path, headers, body) of every request in the capture: PutMedia first.
-fn captured_requests() -> Vec<(String, Vec<(String, String)>, Vec<u8>)> {
+/// (path, headers, body) of a captured request.
+type Captured = (String, Vec<(String, String)>, Vec<u8>);
+
+/// Every request in the capture: PutMedia first.
+fn captured_requests() -> Vec<Captured> {
     let text = capture();
     let mut out = Vec::new();
     // PutMedia: the header block after the request line.

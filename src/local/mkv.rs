@@ -951,3 +951,114 @@ fn parse_tags(b: &[u8]) -> Result<Vec<(String, String)>, String> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn media(name: &str) -> Vec<u8> {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/media")
+            .join(name);
+        std::fs::read(p).expect("shared media")
+    }
+
+    fn split(data: &[u8], sizes: &mut dyn FnMut() -> usize) -> (Vec<Event>, Result<(), RuleError>) {
+        let mut s = Splitter::new(Limits::default());
+        let mut events = Vec::new();
+        let mut i = 0;
+        while i < data.len() {
+            let n = sizes().clamp(1, data.len() - i);
+            if let Err(e) = s.push(&data[i..i + n], &mut events) {
+                return (events, Err(e));
+            }
+            i += n;
+        }
+        let r = s.finish(&mut events);
+        (events, r)
+    }
+
+    fn fragments(events: &[Event]) -> Vec<(u64, Bytes)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::FragmentCompleted(f) => Some((f.timecode, f.bytes.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn any_chunking_gives_the_same_fragments() {
+        for (name, count) in [
+            ("kvs-cpp-test-stream-1_0.mkv", 37),
+            ("kvs-java-clusters.mkv", 8),
+        ] {
+            let data = media(name);
+            let (whole, r) = split(&data, &mut || usize::MAX);
+            r.unwrap();
+            let whole = fragments(&whole);
+            assert_eq!(whole.len(), count, "{name}");
+            let mut x = 0x9E37_79B9u64;
+            for max in [1usize, 7, 1000, 65_536] {
+                let (events, r) = split(&data, &mut || {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    1 + (x % max as u64) as usize
+                });
+                r.unwrap();
+                assert_eq!(fragments(&events), whole, "{name}, chunks up to {max}");
+                let started = events
+                    .iter()
+                    .filter(|e| matches!(e, Event::FragmentStarted { .. }))
+                    .count();
+                assert_eq!(started, count);
+                assert!(matches!(events[0], Event::Header(_)));
+            }
+        }
+    }
+
+    #[test]
+    fn header_and_fragment_details_of_the_cpp_file() {
+        let data = media("kvs-cpp-test-stream-1_0.mkv");
+        let (events, r) = split(&data, &mut || 4096);
+        r.unwrap();
+        let Event::Header(h) = &events[0] else {
+            panic!("header first")
+        };
+        assert_eq!(h.timecode_scale_ns, 1_000_000);
+        assert_eq!(h.track_list.len(), 1);
+        let t = &h.track_list[0];
+        assert_eq!(t.codec_id.as_deref(), Some("V_MPEG4/ISO/AVC"));
+        assert_eq!((t.width, t.height), (Some(640), Some(480)));
+        assert_eq!(t.name.as_deref(), Some("kinesis_video"));
+        let frags: Vec<&ParsedFragment> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::FragmentCompleted(f) => Some(f),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(frags[0].key_frames, 1);
+        assert_eq!(frags[0].frames_per_track.get(&1), Some(&45));
+        assert_eq!(frags[0].last_frame - frags[0].first_frame, 1467);
+        // The file ends with an end-of-fragment tag, which closes the last fragment.
+        assert!(frags[36].end_of_fragment);
+        assert!(!frags[35].end_of_fragment);
+        let total: usize = frags.iter().map(|f| f.bytes.len()).sum();
+        assert_eq!(total, data.len() - 0x115);
+    }
+
+    #[test]
+    fn truncation_and_garbage_are_invalid_mkv() {
+        let data = media("kvs-cpp-test-stream-1_0.mkv");
+        let (events, r) = split(&data[..data.len() - 100], &mut || 10_000);
+        assert_eq!(fragments(&events).len(), 36);
+        let e = r.unwrap_err();
+        assert_eq!(e.kind, RuleKind::InvalidMkv);
+        assert_eq!(e.fragment_timecode, Some(1_703_120_844_149));
+        let (_, r) = split(b"GET / HTTP/1.1\r\n", &mut || 3);
+        assert_eq!(r.unwrap_err().kind, RuleKind::InvalidMkv);
+    }
+}
