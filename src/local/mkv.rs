@@ -278,11 +278,6 @@ impl Splitter {
         self.open.as_ref().and_then(|f| f.timecode)
     }
 
-    /// Bytes received so far.
-    pub fn bytes_consumed(&self) -> u64 {
-        self.consumed + self.buf.len() as u64
-    }
-
     /// Feeds the next chunk of the body. Events found before an error are in `events` too.
     pub fn push(&mut self, chunk: &[u8], events: &mut Vec<Event>) -> Result<(), RuleError> {
         self.buf.extend_from_slice(chunk);

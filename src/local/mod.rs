@@ -15,6 +15,17 @@
 //! Quiet by default: it logs with `tracing` (targets `gstkvssink::local::…`) and never installs a
 //! subscriber.
 //!
+//! Choices where the service is not documented (see the module docs for the details): fragments
+//! are ACKed BUFFERING when their Cluster Timecode arrives, RECEIVED when complete (the next
+//! top-level element or an end-of-fragment tag), PERSISTED once written to disk; after an ERROR
+//! ACK the response ends; the fragment duration limit defaults to the 10 s of the PutMedia API
+//! reference (the quota page says 20 s: set [`Limits::max_fragment_duration`]); the service's
+//! PutMedia rate limits (5 fragments/s, 12.5 MB/s per stream) are not modelled.
+//!
+//! By hand: `cargo run --release --features local-endpoint --example kvs_local_endpoint --
+//! --stream my-stream --verbose` prints the URL and the `export …` lines for a sink (`--help` for
+//! the options and command-line faults).
+//!
 //! ```no_run
 //! use gstkvssink::local::{Config, LocalEndpoint};
 //! let ep = LocalEndpoint::start(Config::default()).unwrap();
