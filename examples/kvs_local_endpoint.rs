@@ -6,7 +6,7 @@
 //! ```
 //!
 //! It prints its URL and the environment that points `kvssink` at it, then serves until
-//! interrupted. Persisted fragments land in `--storage-dir` (default `./kvs-local-data`) as
+//! interrupted. Persisted fragments land in `--storage-dir` (default `$TMPDIR/kvs-local-endpoint`) as
 //! `<stream>.mkv`, playable with `ffplay` or `gst-play-1.0`. `curl <url>/_local/streams`,
 //! `/_local/streams/<name>/fragments`, `/_local/sessions` and `/_local/requests` show what arrived.
 //! `--help` lists the options, fault injection included.
@@ -27,7 +27,7 @@ Options:
   --region R                  region of the credential scope (default us-west-2)
   --access-key K --secret-key S [--session-token T]
                               accepted credentials (default AKIDLOCALKVSEXAMPLE / local-kvs-secret)
-  --storage-dir DIR           where fragments are stored (default ./kvs-local-data)
+  --storage-dir DIR           where fragments are stored (default $TMPDIR/kvs-local-endpoint)
   --stream NAME               create this stream at start (repeatable)
   --retention HOURS           retention of --stream streams (default 2; 0: no PERSISTED ACKs)
   --tls                       serve HTTPS with a generated certificate (printed as KVSSINK_CA_CERT_PATH)
@@ -127,7 +127,7 @@ fn main() {
 
 fn run() -> Result<(), String> {
     let mut config = Config {
-        storage_dir: Some(PathBuf::from("kvs-local-data")),
+        storage_dir: Some(std::env::temp_dir().join("kvs-local-endpoint")),
         ..Default::default()
     };
     let mut bind_ip = "127.0.0.1".to_owned();
