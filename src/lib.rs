@@ -12,6 +12,8 @@ pub mod fragment_metadata;
 pub mod fragment_mux;
 pub mod interleave;
 pub mod kvssink;
+#[cfg(feature = "local-endpoint")]
+pub mod local;
 pub mod logging;
 pub mod mkv;
 pub mod store;
