@@ -310,7 +310,13 @@ pub struct Fragmenter {
     video_stall_warned: bool,
     head_arena: Arena,
     stats: FragmenterStats,
+    /// Audio of an A/V stream that came before the first video key frame; it goes into the first
+    /// fragment (whose cluster timecode is then the earliest of them) instead of being dropped.
+    lead_in: VecDeque<Frame>,
 }
+
+/// How much audio before the first video key frame is kept for the first fragment.
+const MAX_LEAD_IN_NS: u64 = 2_000_000_000;
 
 /// 16 random bytes for a SegmentUID, from the standard library's randomly seeded hasher keys
 /// (uniqueness is what matters, not unpredictability).
@@ -349,6 +355,7 @@ impl Fragmenter {
             last_video_dts: None,
             video_stall_warned: false,
             head_arena: Arena::new(),
+            lead_in: VecDeque::new(),
             stats: FragmenterStats::default(),
         }
     }
@@ -453,6 +460,23 @@ impl Fragmenter {
             };
             if may_start {
                 self.start_fragment(f, true);
+                while let Some(a) = self.lead_in.pop_front() {
+                    self.append(a);
+                }
+            } else if self.primary.is_some_and(|p| p != f.track) {
+                let newest = f.pts;
+                self.lead_in.push_back(f);
+                while self
+                    .lead_in
+                    .front()
+                    .is_some_and(|a| newest.saturating_sub(a.pts) > MAX_LEAD_IN_NS)
+                {
+                    self.lead_in.pop_front();
+                    self.stats.dropped_before_key += 1;
+                    tracing::debug!(
+                        "audio more than 2 s before the first video key frame, dropped"
+                    );
+                }
             } else {
                 self.stats.dropped_before_key += 1;
                 tracing::debug!(
@@ -723,12 +747,25 @@ impl Fragmenter {
     /// Closes the open fragment as the last one of the stream (with the end-of-fragment tag and
     /// any metadata not sent yet). The next frame must again be a key frame.
     pub fn finish(&mut self, out: &mut VecDeque<Fragment>) {
+        self.drop_lead_in();
         self.close_fragment(true, out);
     }
 
     /// Closes the open fragment without ending the stream (flush).
     pub fn close(&mut self, out: &mut VecDeque<Fragment>) {
+        self.drop_lead_in();
         self.close_fragment(false, out);
+    }
+
+    fn drop_lead_in(&mut self) {
+        if !self.lead_in.is_empty() {
+            tracing::debug!(
+                "{} audio frames dropped: no video key frame came",
+                self.lead_in.len()
+            );
+            self.stats.dropped_before_key += self.lead_in.len() as u64;
+            self.lead_in.clear();
+        }
     }
 
     /// Whether the stream has started (its first header was built).
@@ -1029,7 +1066,7 @@ mod tests {
                 &mut f.out,
             );
         };
-        push_a(&mut f, 0); // before the first video key frame: dropped
+        push_a(&mut f, 0); // before the first video key frame: kept for the first fragment
         push_v(&mut f, 10, true);
         push_a(&mut f, 20);
         push_v(&mut f, 50, false);
@@ -1041,10 +1078,10 @@ mod tests {
         let b = blocks(&frag);
         assert_eq!(
             b.iter().map(|x| (x.0, x.1, x.2)).collect::<Vec<_>>(),
-            vec![(1, 0, 0x80), (2, 10, 0), (1, 40, 0), (2, 33, 0)]
+            vec![(1, 10, 0x80), (2, 0, 0), (2, 20, 0), (1, 50, 0), (2, 43, 0)]
         );
-        assert_eq!(frag.frame_counts, [2, 2, 0]);
-        assert_eq!(f.fr.stats().dropped_before_key, 1);
+        assert_eq!(frag.frame_counts, [3, 2, 0]);
+        assert_eq!(f.fr.stats().dropped_before_key, 0);
         // Header: video entry first.
         let h = &frag.header;
         let v_at = h.windows(15).position(|w| w == b"V_MPEG4/ISO/AVC").unwrap();

@@ -49,20 +49,37 @@ pub struct StoredFragment {
     /// The session header (EBML, Segment, Info, Tracks) this fragment must follow. Fragments
     /// with a different header need a new PutMedia session.
     pub header: Bytes,
-    /// Tags + Cluster bytes.
-    pub bytes: Bytes,
+    /// Tags + Cluster bytes, in pieces (sent as they are, without joining them).
+    pub parts: Vec<Bytes>,
+    /// Total bytes of `parts`.
+    pub len: usize,
+    /// Ends with the end-of-fragment tag that closes the stream.
+    pub closes_stream: bool,
     pub state: FragmentState,
 }
 
 impl StoredFragment {
     pub fn new(header: Bytes, timecode: u64, duration: u64, frames: u32, bytes: Bytes) -> Self {
+        Self::from_parts(header, timecode, duration, frames, vec![bytes], false)
+    }
+
+    pub fn from_parts(
+        header: Bytes,
+        timecode: u64,
+        duration: u64,
+        frames: u32,
+        parts: Vec<Bytes>,
+        closes_stream: bool,
+    ) -> Self {
         Self {
             seq: 0,
             timecode,
             duration,
             frames,
             header,
-            bytes,
+            len: parts.iter().map(Bytes::len).sum(),
+            parts,
+            closes_stream,
             state: FragmentState::Pending,
         }
     }
@@ -212,7 +229,7 @@ impl FragmentStore {
         &mut self,
         mut fragment: StoredFragment,
     ) -> Result<Vec<Dropped>, PushError> {
-        let size = fragment.bytes.len();
+        let size = fragment.len;
         let mut dropped = Vec::new();
         if size > self.limits.max_bytes {
             self.dropped += 1;
@@ -255,7 +272,7 @@ impl FragmentStore {
 
     fn evict_oldest(&mut self, reason: DropReason) -> Option<Option<Dropped>> {
         let f = self.fragments.pop_front()?;
-        self.bytes -= f.bytes.len();
+        self.bytes -= f.len;
         if self.cursor <= f.seq {
             self.cursor = f.seq + 1;
         }
@@ -382,7 +399,7 @@ impl FragmentStore {
             .is_some_and(|f| matches!(f.state, FragmentState::Persisted | FragmentState::Skipped))
         {
             let f = self.fragments.pop_front().expect("front exists");
-            self.bytes -= f.bytes.len();
+            self.bytes -= f.len;
         }
     }
 
@@ -630,7 +647,7 @@ mod tests {
                     }
                 }
                 prop_assert!(s.bytes_held() <= 1000);
-                prop_assert_eq!(s.bytes_held(), s.fragments().map(|f| f.bytes.len()).sum::<usize>());
+                prop_assert_eq!(s.bytes_held(), s.fragments().map(|f| f.len).sum::<usize>());
             }
             let held = s.fragments().filter(|f| f.state != FragmentState::Persisted).count() as u64;
             prop_assert_eq!(pushed, s.persisted_count() + dropped + held);

@@ -4,6 +4,8 @@
 //! (strictly increasing PTS per track, every frame present) and GStreamer's own demuxer and
 //! decoders (no WARN/ERROR). Each test is skipped, with a message, when a tool is missing.
 
+#[path = "common/mkv_check.rs"]
+mod mkv_check;
 #[path = "media_util.rs"]
 mod util;
 
@@ -13,6 +15,7 @@ use std::process::Command;
 use gstkvssink::codec::{G711Law, TrackConfig, TrackType, VideoCodec};
 use gstkvssink::fragment_mux::{FrameIn, MuxerConfig, StreamMuxer, TrackInput};
 use gstkvssink::timeline::SystemClock;
+use mkv_check::check_file;
 use util::*;
 
 /// Encoded buffers of a gst-launch pipeline, one per buffer, and the `codec_data` of its caps.
@@ -145,108 +148,6 @@ fn mux(tracks: Vec<Track>) -> Vec<u8> {
 }
 
 /// The four checks of test-infra.md §4, and the frame count of each track.
-fn check_file(name: &str, data: &[u8], expected_frames: &[usize], decode: &[(&str, &str)]) {
-    let dir = tmpdir(name);
-    let path = dir.join(format!("{name}.mkv"));
-    std::fs::write(&path, data).unwrap();
-
-    let out = Command::new("mkvmerge")
-        .arg("-J")
-        .arg(&path)
-        .output()
-        .unwrap();
-    let json = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "mkvmerge -J: {json}");
-    let compact: String = json.split_whitespace().collect();
-    assert!(compact.contains("\"errors\":[]"), "mkvmerge errors: {json}");
-    assert!(
-        compact.contains("\"warnings\":[]"),
-        "mkvmerge warnings: {json}"
-    );
-
-    let out = Command::new("ffmpeg")
-        .args(["-v", "warning", "-xerror", "-i"])
-        .arg(&path)
-        .args(["-f", "null", "-"])
-        .output()
-        .unwrap();
-    // ffmpeg says "Guessed Channel Layout … mono" for every 18-byte WAVEFORMATEX (it has no
-    // channel mask); that is the format KVS and the reference use for G.711, so it is allowed.
-    let err = String::from_utf8_lossy(&out.stderr);
-    let unexpected: Vec<&str> = err
-        .lines()
-        .filter(|l| !l.contains("Guessed Channel Layout for Input Stream"))
-        .collect();
-    assert!(
-        out.status.success() && unexpected.is_empty(),
-        "ffmpeg: {err}"
-    );
-
-    let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-show_entries",
-            "packet=stream_index,pts",
-            "-of",
-            "csv=p=0",
-        ])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let mut last: Vec<Option<i64>> = vec![None; expected_frames.len()];
-    let mut counts = vec![0usize; expected_frames.len()];
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let mut it = line.split(',');
-        let s: usize = it.next().unwrap().parse().unwrap();
-        let pts: i64 = it
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap_or_else(|_| panic!("pts N/A in {line}"));
-        assert!(
-            last[s].is_none_or(|l| pts > l),
-            "stream {s}: pts {pts} after {last:?}"
-        );
-        last[s] = Some(pts);
-        counts[s] += 1;
-    }
-    assert_eq!(counts, expected_frames, "frames per track");
-
-    // GStreamer's demuxer and decoders, with warnings shown. Push mode (a queue before the
-    // demuxer), as a stream is read: in pull mode matroskademux's cluster peeking warns about
-    // the Cluster Position element that the reference (and so we) write.
-    let mut line = format!(
-        "filesrc location={} ! queue ! matroskademux name=d",
-        path.display()
-    );
-    for (pad, dec) in decode {
-        line.push_str(&format!(" d.{pad} ! queue ! {dec} ! fakesink"));
-    }
-    let out = Command::new("timeout")
-        .arg("60")
-        .arg("gst-launch-1.0")
-        .args(line.split_whitespace())
-        .env("GST_DEBUG", "2")
-        .env("GST_DEBUG_NO_COLOR", "1")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{line}: {err}");
-    // GStreamer 1.22's matroskademux reads an A_MS/ACM track's bits per sample from offset 16
-    // of the WAVEFORMATEX (cbSize, 0) instead of 14 (8, as we write), so it warns "invalid depth
-    // (0) of alaw/mulaw audio" for every correct WAVEFORMATEX (tried: with cbSize = 8 the warning
-    // goes away). That one line is allowed; anything else fails the test.
-    let unexpected: Vec<&str> = err
-        .lines()
-        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-        .filter(|l| !l.contains("gst_riff_create_audio_caps: invalid depth (0) of"))
-        .collect();
-    assert!(unexpected.is_empty(), "{line}: {err}");
-    std::fs::remove_dir_all(dir).unwrap();
-}
-
 const FRAME_30FPS: u64 = 1_000_000_000 / 30;
 
 fn video_keys(encoded: &Encoded, codec: VideoCodec) -> Vec<bool> {

@@ -1,10 +1,15 @@
 //! The `kvssink` element implementation: properties, request pads, events, signals and state
-//! changes.
+//! changes, mapped onto the core (media path in [`super::stream`], uploader in
+//! [`crate::upload`]).
 //!
-//! Lock order: `settings` and `state` are never held at the same time; NULL→READY copies the
-//! settings out before touching the state.
+//! Locks, in the only order they are ever taken: `state` → `push_lock` → the uploader's own.
+//! `settings` is never held together with another lock. Streaming threads never wait on the
+//! network with `state` held; the only wait (a full store in offline mode) holds `push_lock`
+//! (which keeps fragments in order) and ends on flush or a state change, through `flushing`.
 
-use std::sync::{LazyLock, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use gst::glib;
 use gst::glib::subclass::Signal;
@@ -12,8 +17,19 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 
 use super::StreamingType;
-use super::settings::{self, Effective, Settings};
+use super::fragment_ack::{AckType, FragmentAck, RESULT_OK};
+use super::settings::{self, Settings};
+use super::stream::{Prepared, Stream};
+use crate::ack::AckEvent;
+use crate::codec::TrackType;
+use crate::fragment::Fragment;
+use crate::fragment_mux::FrameIn;
 use crate::logging::{CAT, LogConfig};
+use crate::store::Dropped;
+use crate::upload::{UploadEvent, Uploader};
+
+/// Stopping without EOS gives the upload at most this long to confirm what it has.
+const STOP_WITHOUT_EOS_GRACE: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PadKind {
@@ -25,6 +41,10 @@ struct SinkPad {
     pad: gst::Pad,
     kind: PadKind,
     eos: bool,
+    /// Index in the muxer, once the stream runs.
+    track: Option<usize>,
+    segment: gst::FormattedSegment<gst::ClockTime>,
+    content_type: Option<&'static str>,
 }
 
 #[derive(Default)]
@@ -32,10 +52,13 @@ struct State {
     pads: Vec<SinkPad>,
     video_counter: u32,
     audio_counter: u32,
-    /// The EOS message is posted once per stream, when the last pad reaches EOS.
+    /// The EOS message is posted once per stream.
     eos_posted: bool,
-    /// The configuration validated at NULL→READY; `None` in NULL.
-    config: Option<(Settings, Effective)>,
+    /// EOS reached the muxer and the uploader was told to finish.
+    eos_started: bool,
+    /// The configuration prepared at NULL→READY; `None` in NULL.
+    prepared: Option<Prepared>,
+    stream: Option<Stream>,
 }
 
 impl State {
@@ -46,12 +69,34 @@ impl State {
     fn all_eos(&self) -> bool {
         !self.pads.is_empty() && self.pads.iter().all(|p| p.eos)
     }
+
+    fn content_type(&self) -> String {
+        let mut types: Vec<_> = self
+            .pads
+            .iter()
+            .filter_map(|p| p.content_type.map(|c| (p.kind == PadKind::Audio, c)))
+            .collect();
+        types.sort();
+        types
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 #[derive(Default)]
 pub struct KvsSink {
     settings: Mutex<Settings>,
     state: Mutex<State>,
+    push_lock: Mutex<()>,
+    flushing: AtomicBool,
+    /// A fatal upload error happened: buffers are refused.
+    failed: AtomicBool,
+    /// The uploader of the running stream, reachable without `state` (to unblock it).
+    uploader: Mutex<Option<Arc<Uploader>>>,
+    dispatch: OnceLock<tracing::Dispatch>,
+    dropped_fragments: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -60,34 +105,319 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl KvsSink {
+    fn dispatch(&self) -> &tracing::Dispatch {
+        self.dispatch
+            .get_or_init(|| crate::logging::dispatch_for(&*self.obj()))
+    }
+
+    fn in_core<R>(&self, f: impl FnOnce() -> R) -> R {
+        tracing::dispatcher::with_default(self.dispatch(), f)
+    }
+
     fn sink_chain(
         &self,
         pad: &gst::Pad,
-        _buffer: gst::Buffer,
+        buffer: gst::Buffer,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
-        // The media path (codec data, timeline, Matroska packing) is not part of this build yet;
-        // refuse media instead of pretending to accept it.
-        gst::element_imp_error!(
+        if self.flushing.load(Ordering::SeqCst) {
+            return Err(gst::FlowError::Flushing);
+        }
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(gst::FlowError::Error);
+        }
+        let flags = buffer.flags();
+        if flags.intersects(gst::BufferFlags::CORRUPTED | gst::BufferFlags::DECODE_ONLY)
+            || (flags.contains(gst::BufferFlags::HEADER) && buffer.pts().is_none())
+        {
+            gst::debug!(CAT, obj = pad, "Skipping buffer with flags {:?}", flags);
+            return Ok(gst::FlowSuccess::Ok);
+        }
+
+        let mut state = lock(&self.state);
+        let Some(p) = state.pads.iter().find(|p| &p.pad == pad) else {
+            return Err(gst::FlowError::Flushing);
+        };
+        let Some(track) = p.track else {
+            return Err(gst::FlowError::Flushing);
+        };
+        let clip = !state
+            .prepared
+            .as_ref()
+            .is_some_and(|pr| pr.disable_buffer_clipping);
+        let (pts, dts) = if clip {
+            let seg = &p.segment;
+            let pts = buffer.pts().and_then(|t| seg.to_running_time(t));
+            if buffer.pts().is_some() && pts.is_none() {
+                gst::log!(CAT, obj = pad, "Buffer outside the segment, clipped");
+                return Ok(gst::FlowSuccess::Ok);
+            }
+            (pts, buffer.dts().and_then(|t| seg.to_running_time(t)))
+        } else {
+            (buffer.pts(), buffer.dts())
+        };
+        let Some(stream) = state.stream.as_mut() else {
+            return Err(gst::FlowError::Flushing);
+        };
+        let map = buffer.map_readable().map_err(|_| {
+            gst::element_imp_error!(self, gst::StreamError::Failed, ("Cannot read a buffer"));
+            gst::FlowError::Error
+        })?;
+        let key = !flags.contains(gst::BufferFlags::DELTA_UNIT);
+        let result = self.in_core(|| {
+            stream.muxer.push(
+                track,
+                FrameIn {
+                    pts: pts.map(|t| t.nseconds()),
+                    dts: dts.map(|t| t.nseconds()),
+                    duration: buffer.duration().map(|t| t.nseconds()),
+                    key,
+                    data: map.as_slice(),
+                },
+            )
+        });
+        drop(map);
+        if let Err(e) = result {
+            gst::element_imp_warning!(
+                self,
+                gst::StreamError::Decode,
+                (
+                    "A frame on {} could not be used and was dropped: {}",
+                    pad.name(),
+                    e
+                )
+            );
+        }
+        self.report_media_drops(stream);
+        self.push_out(state)?;
+        Ok(gst::FlowSuccess::Ok)
+    }
+
+    /// Warns once per new kind of media-path drop; every drop is counted in the core's stats.
+    fn report_media_drops(&self, stream: &mut Stream) {
+        let dropped = stream.muxer.stats().dropped();
+        if dropped > stream.reported_drops {
+            if stream.reported_drops == 0 {
+                gst::element_imp_warning!(
+                    self,
+                    gst::StreamError::Format,
+                    (
+                        "kvssink dropped {} frame(s) it could not place in the stream (late, before a key frame or invalid); GST_DEBUG=kvssink-media:4 shows each",
+                        dropped
+                    )
+                );
+            } else {
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "{} frames dropped by the media path so far",
+                    dropped
+                );
+            }
+            stream.reported_drops = dropped;
+        }
+    }
+
+    /// Moves completed fragments to the uploader (starting it if needed); releases `state`.
+    fn push_out(&self, mut state: MutexGuard<'_, State>) -> Result<(), gst::FlowError> {
+        let content_type = state.content_type();
+        let Some(stream) = state.stream.as_mut() else {
+            return Ok(());
+        };
+        let fragments: Vec<Fragment> = match self.in_core(|| stream.drain()) {
+            Ok(f) => f,
+            Err(e) => {
+                gst::element_imp_error!(self, gst::ResourceError::Write, ("{}", e));
+                return Err(gst::FlowError::Error);
+            }
+        };
+        if fragments.is_empty() {
+            return Ok(());
+        }
+        let weak = self.obj().downgrade();
+        let dispatch = self.dispatch().clone();
+        let uploader = stream.uploader(content_type, || {
+            let sink: crate::upload::EventSink = Arc::new(move |ev| {
+                if let Some(obj) = weak.upgrade() {
+                    obj.imp().on_upload_event(ev);
+                }
+            });
+            (sink, dispatch)
+        });
+        let stored: Vec<_> = fragments.into_iter().map(|f| stream.stored(f)).collect();
+        let offline = stream.prepared.streaming_type == StreamingType::Offline;
+        *lock(&self.uploader) = Some(uploader.clone());
+        let _order = lock(&self.push_lock);
+        drop(state);
+        for f in stored {
+            let dropped = if offline {
+                match uploader.push_blocking(f, || self.flushing.load(Ordering::SeqCst)) {
+                    Ok(d) => d,
+                    Err(_) => return Err(gst::FlowError::Flushing),
+                }
+            } else {
+                uploader.push(f)
+            };
+            for d in dropped {
+                self.report_drop(&d);
+            }
+        }
+        Ok(())
+    }
+
+    fn report_drop(&self, d: &Dropped) {
+        let n = self.dropped_fragments.fetch_add(1, Ordering::SeqCst) + 1;
+        let stream_name = lock(&self.settings).stream_name.clone();
+        gst::element_imp_warning!(
             self,
-            gst::CoreError::NotImplemented,
+            gst::ResourceError::Write,
             (
-                "kvssink cannot process media on {} yet: the media path is not built",
-                pad.name()
+                "Stream {}: fragment at timecode {} ({} frames, {} units long) dropped: {} ({} dropped so far)",
+                stream_name,
+                d.timecode,
+                d.frames,
+                d.duration,
+                d.reason.as_str(),
+                n
             )
         );
-        Err(gst::FlowError::NotSupported)
+        let obj = self.obj();
+        let s = gst::Structure::builder("kvssink-fragment-dropped")
+            .field("stream-name", stream_name)
+            .field("timecode", d.timecode)
+            .field("duration", d.duration)
+            .field("frames", d.frames)
+            .field("reason", d.reason.as_str())
+            .field("dropped-total", n)
+            .build();
+        let _ = obj.post_message(gst::message::Element::builder(s).src(&*obj).build());
+    }
+
+    fn on_upload_event(&self, ev: UploadEvent) {
+        let obj = self.obj();
+        match ev {
+            UploadEvent::Ack(ack) => {
+                let ack_type = match ack.event {
+                    AckEvent::Buffering => AckType::Buffering,
+                    AckEvent::Received => AckType::Received,
+                    AckEvent::Persisted => AckType::Persisted,
+                    AckEvent::Error => AckType::Error,
+                    AckEvent::Idle => return,
+                };
+                let c = FragmentAck::new(
+                    ack_type,
+                    ack.timecode.unwrap_or(0),
+                    ack.fragment_number.as_deref().unwrap_or(""),
+                    ack.error_id.map(|e| e as u32).unwrap_or(RESULT_OK),
+                );
+                obj.emit_by_name::<()>(
+                    "fragment-ack",
+                    &[&(&c as *const FragmentAck as glib::Pointer)],
+                );
+                let mut s = gst::Structure::builder("kvssink-fragment-ack")
+                    .field("event", ack.event.as_str())
+                    .field("timecode", ack.timecode.unwrap_or(0))
+                    .field(
+                        "fragment-number",
+                        ack.fragment_number.clone().unwrap_or_default(),
+                    );
+                if let Some(id) = ack.error_id {
+                    s = s
+                        .field("error-id", id)
+                        .field("error-code", ack.error_code.clone().unwrap_or_default());
+                }
+                let _ =
+                    obj.post_message(gst::message::Element::builder(s.build()).src(&*obj).build());
+            }
+            UploadEvent::Dropped(d) => self.report_drop(&d),
+            UploadEvent::Retrying { error, delay } => {
+                gst::warning!(CAT, imp = self, "{}; retrying in {:?}", error, delay);
+            }
+            UploadEvent::Connected { endpoint } => {
+                gst::info!(CAT, imp = self, "Streaming to {}", endpoint);
+            }
+            UploadEvent::Fatal { status, message } => {
+                self.failed.store(true, Ordering::SeqCst);
+                obj.emit_by_name::<()>("stream-error", &[&u64::from(status)]);
+                gst::element_imp_error!(
+                    self,
+                    gst::ResourceError::Write,
+                    ("Upload to Kinesis Video Streams failed: {}", message),
+                    ["status 0x{:08x}", status]
+                );
+            }
+            UploadEvent::Finished { unconfirmed } => {
+                if unconfirmed > 0 {
+                    gst::element_imp_warning!(
+                        self,
+                        gst::ResourceError::Write,
+                        (
+                            "EOS: {} fragment(s) were not confirmed as persisted within stop-stream-timeout",
+                            unconfirmed
+                        )
+                    );
+                }
+                self.post_eos_once();
+            }
+        }
+    }
+
+    fn post_eos_once(&self) {
+        let mut state = lock(&self.state);
+        if state.eos_posted {
+            return;
+        }
+        state.eos_posted = true;
+        drop(state);
+        gst::info!(CAT, imp = self, "Posting EOS");
+        let obj = self.obj();
+        let _ = obj.post_message(gst::message::Eos::builder().src(&*obj).build());
     }
 
     fn sink_event(&self, pad: &gst::Pad, event: gst::Event) -> bool {
         use gst::EventView;
         gst::log!(CAT, obj = pad, "Handling event {:?}", event);
         match event.view() {
-            EventView::Caps(c) => {
-                gst::debug!(CAT, obj = pad, "Caps {}", c.caps());
+            EventView::Caps(c) => self.set_caps(pad, c.caps()),
+            EventView::Segment(s) => {
+                let mut state = lock(&self.state);
+                if let Some(p) = state.pads.iter_mut().find(|p| &p.pad == pad) {
+                    match s.segment().downcast_ref::<gst::ClockTime>() {
+                        Some(seg) => p.segment = seg.clone(),
+                        None => {
+                            drop(state);
+                            gst::element_imp_error!(
+                                self,
+                                gst::StreamError::Format,
+                                ("kvssink needs TIME segments on {}", pad.name())
+                            );
+                            return false;
+                        }
+                    }
+                }
+                true
+            }
+            EventView::Gap(g) => {
+                let (ts, _) = g.get();
+                let mut state = lock(&self.state);
+                let Some(p) = state.pads.iter().find(|p| &p.pad == pad) else {
+                    return true;
+                };
+                let (track, rt) = (p.track, p.segment.to_running_time(ts));
+                if let (Some(track), Some(rt), Some(stream)) = (track, rt, state.stream.as_mut()) {
+                    let _ = self.in_core(|| stream.muxer.heartbeat(track, rt.nseconds()));
+                    return self.push_out(state).is_ok();
+                }
                 true
             }
             EventView::Eos(_) => {
                 self.pad_eos(pad);
+                true
+            }
+            EventView::FlushStart(_) => {
+                self.flushing.store(true, Ordering::SeqCst);
+                if let Some(u) = lock(&self.uploader).as_ref() {
+                    u.unblock();
+                }
                 true
             }
             EventView::FlushStop(_) => {
@@ -96,11 +426,96 @@ impl KvsSink {
                     p.eos = false;
                 }
                 state.eos_posted = false;
-                drop(state);
-                gst::Pad::event_default(pad, Some(&*self.obj()), event)
+                state.eos_started = false;
+                if let Some(stream) = state.stream.as_mut() {
+                    self.in_core(|| stream.muxer.flush());
+                }
+                self.flushing.store(false, Ordering::SeqCst);
+                let _ = self.push_out(state);
+                true
+            }
+            EventView::CustomDownstream(c) => {
+                let Some(s) = c.structure().filter(|s| s.name() == "kvs-add-metadata") else {
+                    return gst::Pad::event_default(pad, Some(&*self.obj()), event);
+                };
+                self.add_metadata(s);
+                true
             }
             _ => gst::Pad::event_default(pad, Some(&*self.obj()), event),
         }
+    }
+
+    fn add_metadata(&self, s: &gst::StructureRef) {
+        let (Ok(name), Ok(value), Ok(persist)) = (
+            s.get::<String>("name"),
+            s.get::<String>("value"),
+            s.get::<bool>("persist"),
+        ) else {
+            gst::element_imp_warning!(
+                self,
+                gst::StreamError::Format,
+                (
+                    "kvs-add-metadata event ignored: it needs the fields name (string), value (string) and persist (boolean), got {}",
+                    s
+                )
+            );
+            return;
+        };
+        let mut state = lock(&self.state);
+        let Some(stream) = state.stream.as_mut() else {
+            drop(state);
+            gst::element_imp_warning!(
+                self,
+                gst::CoreError::StateChange,
+                ("kvs-add-metadata event ignored: the element is not streaming")
+            );
+            return;
+        };
+        if let Err(e) = self.in_core(|| stream.muxer.add_metadata(&name, &value, persist)) {
+            drop(state);
+            gst::element_imp_warning!(
+                self,
+                gst::StreamError::Format,
+                ("Fragment metadata '{}' ignored: {}", name, e)
+            );
+        }
+    }
+
+    fn set_caps(&self, pad: &gst::Pad, caps: &gst::CapsRef) -> bool {
+        gst::debug!(CAT, obj = pad, "Caps {}", caps);
+        let codec_id = lock(&self.settings).codec_id.clone();
+        let info = match self.in_core(|| super::caps::caps_info(caps, &codec_id)) {
+            Ok(info) => info,
+            Err(e) => {
+                gst::element_imp_error!(
+                    self,
+                    gst::StreamError::Format,
+                    ("Cannot use the caps of {}: {}", pad.name(), e),
+                    [
+                        "Check that the encoder or parser in front of kvssink sends codec_data, or use stream-format=byte-stream"
+                    ]
+                );
+                return false;
+            }
+        };
+        let mut state = lock(&self.state);
+        let Some(p) = state.pads.iter_mut().find(|p| &p.pad == pad) else {
+            return false;
+        };
+        p.content_type = Some(info.content_type);
+        let track = p.track;
+        if let (Some(track), Some(stream)) = (track, state.stream.as_mut())
+            && let Err(e) = self.in_core(|| stream.muxer.set_input(track, info.input))
+        {
+            drop(state);
+            gst::element_imp_error!(
+                self,
+                gst::StreamError::Format,
+                ("Cannot use the caps of {}: {}", pad.name(), e)
+            );
+            return false;
+        }
+        true
     }
 
     fn pad_eos(&self, pad: &gst::Pad) {
@@ -109,18 +524,69 @@ impl KvsSink {
             p.eos = true;
         }
         gst::debug!(CAT, obj = pad, "EOS");
-        self.maybe_post_eos(state);
+        self.maybe_finish(state);
     }
 
-    fn maybe_post_eos(&self, mut state: MutexGuard<'_, State>) {
-        if state.eos_posted || !state.all_eos() {
+    /// When every pad is at EOS: close the stream, then post EOS once the upload is confirmed.
+    fn maybe_finish(&self, mut state: MutexGuard<'_, State>) {
+        if state.eos_started || !state.all_eos() {
             return;
         }
-        state.eos_posted = true;
-        drop(state);
-        gst::info!(CAT, imp = self, "All pads are EOS, posting EOS");
-        let obj = self.obj();
-        let _ = obj.post_message(gst::message::Eos::builder().src(&*obj).build());
+        state.eos_started = true;
+        let Some(stream) = state.stream.as_mut() else {
+            drop(state);
+            self.post_eos_once();
+            return;
+        };
+        self.in_core(|| stream.muxer.finish());
+        let timeout = stream.prepared.stop_stream_timeout;
+        if self.push_out(state).is_err() {
+            return;
+        }
+        let uploader = lock(&self.uploader).clone();
+        match uploader {
+            Some(u) => {
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "All pads are EOS, waiting for the upload to be confirmed"
+                );
+                u.finish(Instant::now() + timeout);
+            }
+            None => self.post_eos_once(),
+        }
+    }
+
+    fn add_track(&self, state: &mut State, index: usize) {
+        let Some(stream) = state.stream.as_mut() else {
+            return;
+        };
+        let p = &mut state.pads[index];
+        if p.track.is_some() {
+            return;
+        }
+        let (kind, name) = match p.kind {
+            PadKind::Video => (TrackType::Video, stream.prepared.track_name.clone()),
+            PadKind::Audio => (TrackType::Audio, "audio".to_owned()),
+        };
+        match self.in_core(|| stream.muxer.add_track(kind, &name)) {
+            Ok(t) => p.track = Some(t),
+            Err(e) => gst::element_imp_warning!(
+                self,
+                gst::CoreError::Pad,
+                (
+                    "Pad {} cannot join a stream that already started: {}",
+                    p.pad.name(),
+                    e
+                )
+            ),
+        }
+        if let (Some(track), Some(caps)) = (p.track, p.pad.current_caps()) {
+            let codec_id = stream.prepared.codec_id.clone();
+            if let Ok(info) = super::caps::caps_info(&caps, &codec_id) {
+                let _ = stream.muxer.set_input(track, info.input);
+            }
+        }
     }
 
     fn start(&self) -> Result<(), gst::ErrorMessage> {
@@ -158,13 +624,98 @@ impl KvsSink {
         for w in &effective.warnings {
             gst::warning!(CAT, imp = self, "{}", w);
         }
-        lock(&self.state).config = Some((settings, effective));
+        let prepared = Prepared::new(&settings, &effective, |k| std::env::var(k).ok())
+            .map_err(|e| gst::error_msg!(gst::LibraryError::Init, ("{}", e)))?;
+        lock(&self.state).prepared = Some(prepared);
+        self.failed.store(false, Ordering::SeqCst);
         Ok(())
+    }
+
+    fn start_stream(&self) {
+        let mut state = lock(&self.state);
+        let Some(prepared) = state.prepared.clone() else {
+            return;
+        };
+        state.stream = Some(Stream::new(prepared));
+        state.eos_posted = false;
+        state.eos_started = false;
+        for i in 0..state.pads.len() {
+            state.pads[i].track = None;
+            state.pads[i].eos = false;
+            self.add_track(&mut state, i);
+        }
+        self.flushing.store(false, Ordering::SeqCst);
+    }
+
+    /// PAUSED→READY: what was accepted is closed and given a short time to be confirmed.
+    fn stop_stream(&self) {
+        self.flushing.store(true, Ordering::SeqCst);
+        if let Some(u) = lock(&self.uploader).as_ref() {
+            u.unblock();
+        }
+        let mut state = lock(&self.state);
+        let eos_started = state.eos_started;
+        if let Some(stream) = state.stream.as_mut()
+            && !eos_started
+        {
+            self.in_core(|| stream.muxer.finish());
+            let timeout = stream
+                .prepared
+                .stop_stream_timeout
+                .min(STOP_WITHOUT_EOS_GRACE);
+            // Realtime push: never blocks, even in offline mode (the store refuses instead).
+            let fragments = self.in_core(|| stream.drain()).unwrap_or_default();
+            let content_type = state.content_type();
+            let weak = self.obj().downgrade();
+            let dispatch = self.dispatch().clone();
+            if let Some(stream) = state.stream.as_mut() {
+                if !fragments.is_empty() {
+                    let uploader = stream.uploader(content_type, || {
+                        let sink: crate::upload::EventSink = Arc::new(move |ev| {
+                            if let Some(obj) = weak.upgrade() {
+                                obj.imp().on_upload_event(ev);
+                            }
+                        });
+                        (sink, dispatch)
+                    });
+                    for f in fragments {
+                        for d in uploader.push(stream.stored(f)) {
+                            self.report_drop(&d);
+                        }
+                    }
+                }
+                if let Some(u) = &stream.uploader {
+                    u.finish(Instant::now() + timeout);
+                }
+            }
+        }
+        let stream = state.stream.take();
+        drop(state);
+        *lock(&self.uploader) = None;
+        if let Some(stream) = stream
+            && let Some(u) = stream.uploader
+        {
+            let deadline = Instant::now() + STOP_WITHOUT_EOS_GRACE;
+            if !u.join(deadline) {
+                let left = u.unconfirmed();
+                if left > 0 {
+                    gst::element_imp_warning!(
+                        self,
+                        gst::ResourceError::Write,
+                        (
+                            "Stopped with {} fragment(s) not confirmed as persisted",
+                            left
+                        )
+                    );
+                }
+            }
+            u.stop();
+        }
     }
 
     fn stop(&self) {
         let mut state = lock(&self.state);
-        state.config = None;
+        state.prepared = None;
         state.eos_posted = false;
         for p in &mut state.pads {
             p.eos = false;
@@ -563,7 +1114,12 @@ impl ElementImpl for KvsSink {
             pad: pad.clone(),
             kind,
             eos: false,
+            track: None,
+            segment: gst::FormattedSegment::new(),
+            content_type: None,
         });
+        let index = state.pads.len() - 1;
+        self.add_track(&mut state, index);
         drop(state);
 
         if let Err(e) = self.obj().add_pad(&pad) {
@@ -583,7 +1139,7 @@ impl ElementImpl for KvsSink {
         drop(state);
         let _ = self.obj().remove_pad(pad);
         // The released pad may have been the last one not yet at EOS.
-        self.maybe_post_eos(lock(&self.state));
+        self.maybe_finish(lock(&self.state));
     }
 
     fn change_state(
@@ -597,15 +1153,19 @@ impl ElementImpl for KvsSink {
             self.post_error_message(err);
             return Err(gst::StateChangeError);
         }
+        if transition == gst::StateChange::ReadyToPaused {
+            self.start_stream();
+        }
+        if transition == gst::StateChange::PausedToReady {
+            // Release a streaming thread waiting for space before the pads are deactivated.
+            self.flushing.store(true, Ordering::SeqCst);
+            if let Some(u) = lock(&self.uploader).as_ref() {
+                u.unblock();
+            }
+        }
         let success = self.parent_change_state(transition)?;
         match transition {
-            gst::StateChange::PausedToReady => {
-                let mut state = lock(&self.state);
-                state.eos_posted = false;
-                for p in &mut state.pads {
-                    p.eos = false;
-                }
-            }
+            gst::StateChange::PausedToReady => self.stop_stream(),
             gst::StateChange::ReadyToNull => self.stop(),
             _ => (),
         }

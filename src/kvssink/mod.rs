@@ -12,6 +12,7 @@ mod caps;
 mod fragment_ack;
 mod imp;
 pub mod settings;
+mod stream;
 
 pub use fragment_ack::{AckType, FragmentAck, RESULT_OK, SEQUENCE_NUMBER_LEN};
 

@@ -25,7 +25,6 @@ use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use aws_credential_types::Credentials;
-use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -126,7 +125,7 @@ pub struct Cancelled;
 /// Handle on a running uploader task.
 pub struct Uploader {
     shared: Arc<Shared>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Uploader {
@@ -151,7 +150,7 @@ impl Uploader {
         );
         Self {
             shared,
-            task: Some(task),
+            task: Mutex::new(Some(task)),
         }
     }
 
@@ -229,35 +228,51 @@ impl Uploader {
         self.shared.freed();
     }
 
-    /// Stops the task at once (what is not persisted is given up) and waits for it, at most
-    /// `timeout`.
-    pub fn stop(mut self, timeout: Duration) {
+    /// Waits until the task has ended by itself (after [`UploadEvent::Finished`] or a fatal
+    /// error), at most until `deadline`. Returns whether it ended. Must not be called from a
+    /// runtime thread (it then returns false at once).
+    pub fn join(&self, deadline: Instant) -> bool {
+        let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return true;
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            *self.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+            return false;
+        }
+        let mut task = task;
+        let done = RUNTIME.block_on(async {
+            tokio::time::timeout_at(deadline.into(), &mut task)
+                .await
+                .is_ok()
+        });
+        if !done {
+            *self.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        }
+        done
+    }
+
+    /// Stops the task at once: what is not persisted is given up.
+    pub fn stop(&self) {
         self.shared.cancel.cancel();
         self.shared.freed();
-        if let Some(task) = self.task.take() {
-            let abort = task.abort_handle();
-            // block_on panics on a runtime thread; stop() is meant for GStreamer threads.
-            if tokio::runtime::Handle::try_current().is_ok() {
-                abort.abort();
-                return;
-            }
-            if RUNTIME
-                .block_on(async { tokio::time::timeout(timeout, task).await })
-                .is_err()
-            {
-                abort.abort();
-            }
+        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
         }
+    }
+
+    /// Fragments not yet persisted.
+    pub fn unconfirmed(&self) -> usize {
+        self.shared
+            .store()
+            .fragments()
+            .filter(|f| !f.is_done())
+            .count()
     }
 }
 
 impl Drop for Uploader {
     fn drop(&mut self) {
-        self.shared.cancel.cancel();
-        self.shared.freed();
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+        self.stop();
     }
 }
 
@@ -451,15 +466,4 @@ fn report_drops(events: &EventSink, dropped: Vec<Dropped>) {
         );
         events(UploadEvent::Dropped(d));
     }
-}
-
-/// A whole fragment as the element hands it over.
-pub fn stored_fragment(
-    header: Bytes,
-    timecode: u64,
-    duration: u64,
-    frames: u32,
-    bytes: Bytes,
-) -> StoredFragment {
-    StoredFragment::new(header, timecode, duration, frames, bytes)
 }

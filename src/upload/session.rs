@@ -114,11 +114,20 @@ async fn run_inner(
     let Some(header) = shared.store().peek_next().map(|f| f.header.clone()) else {
         return End::Rotate;
     };
-    let (body_tx, mut body_rx) = mpsc::channel::<Bytes>(4);
+    // One channel item is one fragment's parts; the body yields them one by one, uncopied.
+    let (body_tx, mut body_rx) = mpsc::channel::<Vec<Bytes>>(4);
+    let mut current = std::collections::VecDeque::<Bytes>::new();
     let body = reqwest::Body::wrap_stream(futures_util::stream::poll_fn(move |cx| {
-        body_rx
-            .poll_recv(cx)
-            .map(|o| o.map(Ok::<Bytes, std::io::Error>))
+        loop {
+            if let Some(part) = current.pop_front() {
+                return std::task::Poll::Ready(Some(Ok::<Bytes, std::io::Error>(part)));
+            }
+            match body_rx.poll_recv(cx) {
+                std::task::Poll::Ready(Some(parts)) => current.extend(parts),
+                std::task::Poll::Ready(None) => return std::task::Poll::Ready(None),
+                std::task::Poll::Pending => return std::task::Poll::Pending,
+            }
+        }
     }));
     let params = PutMediaParams {
         endpoint: endpoint.to_owned(),
@@ -138,7 +147,7 @@ async fn run_inner(
                 });
             }
         };
-    if body_tx.send(header.clone()).await.is_err() {
+    if body_tx.send(vec![header.clone()]).await.is_err() {
         return End::Failed(Failure::transient("PutMedia body closed".to_owned()));
     }
 
@@ -158,6 +167,8 @@ async fn run_inner(
     // Since when sent data waits for its first ACK (staleness).
     let mut waiting_since: Option<Instant> = None;
     let mut connected = false;
+    // The last fragment sent already ends with the end-of-fragment tag.
+    let mut last_closed_stream = false;
 
     loop {
         // Decide whether this session takes more fragments or closes.
@@ -179,7 +190,9 @@ async fn run_inner(
                 Some(_) => false,
             };
             if close {
-                let _ = tx.send(end_of_fragment_tags()).await;
+                if !last_closed_stream {
+                    let _ = tx.send(vec![end_of_fragment_tags()]).await;
+                }
                 body_tx = None;
                 closing_since = Some(Instant::now());
                 if !config.fragment_acks {
@@ -258,7 +271,8 @@ async fn run_inner(
                 if store.peek_next().is_some_and(|f| f.header == header)
                     && let Some(f) = store.next_to_send()
                 {
-                    tracing::trace!(timecode = f.timecode, bytes = f.bytes.len(), "sending fragment");
+                    tracing::trace!(timecode = f.timecode, bytes = f.len, "sending fragment");
+                    last_closed_stream = f.closes_stream;
                     if !config.fragment_acks {
                         store.on_persisted(f.timecode);
                         shared.freed();
@@ -266,7 +280,7 @@ async fn run_inner(
                         waiting_since = Some(Instant::now());
                     }
                     drop(store);
-                    permit.send(f.bytes);
+                    permit.send(f.parts);
                 }
             }
             _ = shared.data.notified(), if body_tx.is_some() && !has_next => {}

@@ -1,0 +1,224 @@
+//! What the element runs while it streams (READY→PAUSED until PAUSED→READY): the media core
+//! ([`StreamMuxer`]), the `KVS_DEBUG_DUMP_DATA_FILE_DIR` file, and the uploader, started when
+//! the first fragment is complete (its content type comes from the caps).
+//!
+//! Also the translation of the properties into the core's configurations, done once at
+//! NULL→READY ([`Prepared`]).
+
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::StreamingType;
+use super::settings::{Effective, Settings};
+use crate::fragment::Fragment;
+use crate::fragment::FragmenterConfig;
+use crate::fragment_mux::{MuxerConfig, StreamMuxer, write_fragment};
+use crate::store::{FragmentStore, Limits, Mode, StoredFragment};
+use crate::timeline::{SystemClock, TimelineConfig};
+use crate::upload::control::{ControlConfig, StreamSpec, endpoint_from_env};
+use crate::upload::credentials::{CredentialProperties, NoCredentials, resolve_static};
+use crate::upload::{EventSink, UploadConfig, Uploader};
+
+/// The properties, turned into the core's configurations at NULL→READY.
+#[derive(Clone)]
+pub struct Prepared {
+    pub mux: MuxerConfig,
+    pub upload: UploadConfig,
+    pub limits: Limits,
+    pub mode: Mode,
+    pub dump_dir: Option<PathBuf>,
+    pub stop_stream_timeout: Duration,
+    pub streaming_type: StreamingType,
+    pub disable_buffer_clipping: bool,
+    pub codec_id: String,
+    pub track_name: String,
+}
+
+impl Prepared {
+    pub fn new(
+        settings: &Settings,
+        effective: &Effective,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, NoCredentials> {
+        let credentials = resolve_static(
+            &CredentialProperties {
+                access_key: settings.access_key.clone(),
+                secret_key: settings.secret_key.clone(),
+                session_token: settings.session_token.clone(),
+            },
+            &env,
+        )?;
+        let scale_ms = u64::from(effective.timecode_scale_ms);
+        let offline = settings.streaming_type == StreamingType::Offline;
+        let tags = settings
+            .stream_tags
+            .as_ref()
+            .map(|t| {
+                t.iter()
+                    .filter_map(|(k, v)| v.get::<String>().ok().map(|v| (k.to_string(), v)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Self {
+            mux: MuxerConfig {
+                timeline: TimelineConfig {
+                    offline,
+                    file_start_time_s: if offline { settings.file_start_time } else { 0 },
+                    use_original_pts: settings.use_original_pts,
+                    frame_timecodes: settings.frame_timecodes,
+                    ..TimelineConfig::default()
+                },
+                fragmenter: FragmenterConfig {
+                    timecode_scale_ns: scale_ms * 1_000_000,
+                    // Offline uploads always use absolute times, as in the reference.
+                    absolute_fragment_times: settings.absolute_fragment_times || offline,
+                    key_frame_fragmentation: settings.key_frame_fragmentation,
+                    fragment_duration_ns: u64::from(settings.fragment_duration_ms) * 1_000_000,
+                },
+                ..MuxerConfig::default()
+            },
+            upload: UploadConfig {
+                control: ControlConfig {
+                    region: effective.aws_region.clone(),
+                    endpoint: endpoint_from_env(&env),
+                    connect_timeout: Duration::from_secs(
+                        effective.connection_timeout_seconds.into(),
+                    ),
+                    completion_timeout: Duration::from_secs(
+                        effective.completion_timeout_seconds.into(),
+                    ),
+                },
+                stream: StreamSpec {
+                    stream_name: settings.stream_name.clone(),
+                    allow_create: settings.allow_create_stream,
+                    retention_hours: settings.retention_period_hours,
+                    media_type: String::new(),
+                    tags,
+                },
+                credentials,
+                user_agent: settings.user_agent.clone(),
+                fragment_acks: settings.fragment_acks,
+                absolute_fragment_times: settings.absolute_fragment_times || offline,
+                connection_staleness: (settings.connection_staleness_seconds > 0)
+                    .then(|| Duration::from_secs(settings.connection_staleness_seconds.into())),
+                replay_window: u64::from(settings.replay_duration_seconds) * 1000 / scale_ms,
+                restart_on_error: settings.restart_on_error,
+                wait_for_persisted: settings.retention_period_hours != 0,
+                max_session: crate::upload::MAX_SESSION_DURATION,
+            },
+            limits: Limits {
+                max_bytes: settings.storage_size_mb as usize * 1024 * 1024,
+                max_duration: u64::from(effective.buffer_duration_seconds) * 1000 / scale_ms,
+            },
+            mode: if offline {
+                Mode::Block
+            } else {
+                Mode::DropOldest
+            },
+            dump_dir: env("KVS_DEBUG_DUMP_DATA_FILE_DIR")
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from),
+            stop_stream_timeout: Duration::from_secs(settings.stop_stream_timeout_seconds.into()),
+            streaming_type: settings.streaming_type,
+            disable_buffer_clipping: settings.disable_buffer_clipping,
+            codec_id: settings.codec_id.clone(),
+            track_name: settings.track_name.clone(),
+        })
+    }
+}
+
+/// The running stream.
+pub struct Stream {
+    pub prepared: Prepared,
+    pub muxer: StreamMuxer,
+    dump: Option<(PathBuf, File, bool)>,
+    pub uploader: Option<Arc<Uploader>>,
+    /// Dropped-frame count already reported.
+    pub reported_drops: u64,
+    pub fragments_out: u64,
+}
+
+impl Stream {
+    pub fn new(prepared: Prepared) -> Self {
+        let muxer = StreamMuxer::new(prepared.mux.clone(), Box::new(SystemClock));
+        Self {
+            prepared,
+            muxer,
+            dump: None,
+            uploader: None,
+            reported_drops: 0,
+            fragments_out: 0,
+        }
+    }
+
+    /// Completed fragments, written to the dump file if one is configured.
+    pub fn drain(&mut self) -> Result<Vec<Fragment>, String> {
+        let mut out = Vec::new();
+        while let Some(f) = self.muxer.pop_fragment() {
+            if let Some(dir) = &self.prepared.dump_dir {
+                if self.dump.is_none() {
+                    let name = format!(
+                        "{}-{}.mkv",
+                        self.prepared.upload.stream.stream_name,
+                        super::settings::now_epoch_seconds()
+                    );
+                    let path = dir.join(name);
+                    let file = File::create(&path).map_err(|e| {
+                        format!(
+                            "KVS_DEBUG_DUMP_DATA_FILE_DIR: cannot create {}: {e}",
+                            path.display()
+                        )
+                    })?;
+                    self.dump = Some((path, file, true));
+                }
+                if let Some((path, file, first)) = self.dump.as_mut() {
+                    write_fragment(file, &f, *first)
+                        .and_then(|_| file.flush())
+                        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                    *first = false;
+                }
+            }
+            self.fragments_out += 1;
+            out.push(f);
+        }
+        Ok(out)
+    }
+
+    /// The uploader, started on first use with the content type of the tracks.
+    pub fn uploader(
+        &mut self,
+        content_type: String,
+        events: impl FnOnce() -> (EventSink, tracing::Dispatch),
+    ) -> Arc<Uploader> {
+        if let Some(u) = &self.uploader {
+            return u.clone();
+        }
+        let mut config = self.prepared.upload.clone();
+        config.stream.media_type = content_type;
+        let (sink, dispatch) = events();
+        let uploader = Arc::new(Uploader::start(
+            config,
+            FragmentStore::new(self.prepared.limits, self.prepared.mode),
+            sink,
+            dispatch,
+        ));
+        self.uploader = Some(uploader.clone());
+        uploader
+    }
+
+    /// The fragment as the store holds it.
+    pub fn stored(&self, f: Fragment) -> StoredFragment {
+        let scale = self.prepared.mux.fragmenter.timecode_scale_ns.max(1);
+        StoredFragment::from_parts(
+            f.header.clone(),
+            f.timecode,
+            f.duration_ns / scale,
+            f.frames(),
+            f.parts,
+            f.end_of_stream,
+        )
+    }
+}

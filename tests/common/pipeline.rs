@@ -1,0 +1,163 @@
+//! Running real GStreamer pipelines through `kvssink` against the local KVS endpoint, and
+//! collecting what happened: bus messages, frames that entered the sink per pad, ACK messages.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gst::prelude::*;
+use gstkvssink::local::LocalEndpoint;
+
+/// The environment is read at NULL→READY; tests that set it must not overlap there.
+static ENV_LOCK: Mutex<()> = Mutex::new(());
+
+#[derive(Debug, Default)]
+pub struct Run {
+    pub eos: bool,
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+    /// Buffers that entered kvssink, per sink pad name.
+    pub frames: BTreeMap<String, u64>,
+    /// `(event, timecode)` of every `kvssink-fragment-ack` message.
+    pub acks: Vec<(String, u64)>,
+    /// `kvssink-fragment-dropped` messages.
+    pub dropped: Vec<gst::Structure>,
+    pub elapsed: Duration,
+    /// From NULL→PLAYING call until EOS was seen.
+    pub eos_after: Option<Duration>,
+}
+
+impl Run {
+    pub fn persisted(&self) -> usize {
+        self.acks.iter().filter(|(e, _)| e == "PERSISTED").count()
+    }
+}
+
+/// Called once the pipeline is PLAYING.
+pub type OnPlaying<'a> = Box<dyn FnOnce(&gst::Pipeline) + 'a>;
+
+/// Options of a run beyond the pipeline text.
+#[derive(Default)]
+pub struct RunOptions<'a> {
+    pub dump_dir: Option<&'a Path>,
+    pub extra_env: Vec<(&'static str, String)>,
+    /// Called once the pipeline is PLAYING, with the pipeline.
+    pub on_playing: Option<OnPlaying<'a>>,
+}
+
+/// Runs `description` (with a kvssink named `sink`) until EOS, an error or `timeout`.
+pub fn run(
+    endpoint: &LocalEndpoint,
+    description: &str,
+    timeout: Duration,
+    opts: RunOptions<'_>,
+) -> Run {
+    crate::common::init();
+    let pipeline = gst::parse::launch(description)
+        .unwrap_or_else(|e| panic!("{description}: {e}"))
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let sink = pipeline.by_name("sink").expect("a kvssink named sink");
+    let frames = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
+    for pad in sink.sink_pads() {
+        let frames = frames.clone();
+        let name = pad.name().to_string();
+        frames.lock().unwrap().insert(name.clone(), 0);
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            *frames.lock().unwrap().get_mut(&name).unwrap() += 1;
+            gst::PadProbeReturn::Ok
+        });
+    }
+    let started = Instant::now();
+    {
+        let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: ENV_LOCK serializes every environment change and read of these tests.
+        unsafe {
+            for (k, v) in endpoint.env() {
+                std::env::set_var(k, v);
+            }
+            match opts.dump_dir {
+                Some(d) => std::env::set_var("KVS_DEBUG_DUMP_DATA_FILE_DIR", d),
+                None => std::env::remove_var("KVS_DEBUG_DUMP_DATA_FILE_DIR"),
+            }
+            for (k, v) in &opts.extra_env {
+                std::env::set_var(k, v);
+            }
+        }
+        let _ = pipeline.set_state(gst::State::Ready);
+        for (k, _) in &opts.extra_env {
+            // SAFETY: as above.
+            unsafe { std::env::remove_var(k) };
+        }
+    }
+    let bus = pipeline.bus().unwrap();
+    let mut result = Run::default();
+    if pipeline.set_state(gst::State::Playing).is_ok()
+        && let Some(f) = opts.on_playing
+    {
+        f(&pipeline);
+    }
+    let deadline = started + timeout;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        let Some(msg) = bus.timed_pop(gst::ClockTime::from_nseconds(
+            (deadline - now).as_nanos() as u64
+        )) else {
+            break;
+        };
+        match msg.view() {
+            gst::MessageView::Eos(_) => {
+                result.eos = true;
+                result.eos_after = Some(started.elapsed());
+                break;
+            }
+            gst::MessageView::Error(e) => {
+                result
+                    .errors
+                    .push(format!("{} ({:?})", e.error(), e.debug()));
+                break;
+            }
+            gst::MessageView::Warning(w) => result.warnings.push(w.error().to_string()),
+            gst::MessageView::Element(e) => {
+                let Some(s) = e.structure() else { continue };
+                match s.name().as_str() {
+                    "kvssink-fragment-ack" => result.acks.push((
+                        s.get::<String>("event").unwrap(),
+                        s.get::<u64>("timecode").unwrap(),
+                    )),
+                    "kvssink-fragment-dropped" => result.dropped.push(s.to_owned()),
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    let stop = Instant::now();
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert!(
+        stop.elapsed() < Duration::from_secs(10),
+        "shutdown to NULL took {:?}",
+        stop.elapsed()
+    );
+    result.elapsed = started.elapsed();
+    result.frames = frames.lock().unwrap().clone();
+    result
+}
+
+/// Frames per track number stored by the endpoint for `stream` (persisted fragments only).
+pub fn stored_frames(endpoint: &LocalEndpoint, stream: &str) -> BTreeMap<u64, u64> {
+    let mut out = BTreeMap::new();
+    for f in endpoint.fragments(stream) {
+        if f.state == gstkvssink::local::FragmentState::Persisted {
+            for (track, n) in &f.frames_per_track {
+                *out.entry(*track).or_default() += n;
+            }
+        }
+    }
+    out
+}
