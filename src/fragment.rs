@@ -313,6 +313,12 @@ pub struct Fragmenter {
     /// Audio of an A/V stream that came before the first video key frame; it goes into the first
     /// fragment (whose cluster timecode is then the earliest of them) instead of being dropped.
     lead_in: VecDeque<Frame>,
+    /// Headers listing only some tracks, by track-index mask, for fragments in which a track
+    /// has no frame (the service refuses those under a header that lists it: ErrorId 4011).
+    /// Cleared whenever the full header is rebuilt.
+    partial_headers: Vec<(u32, Bytes)>,
+    /// The header of the last fragment handed out.
+    last_header: Option<Bytes>,
 }
 
 /// How much audio before the first video key frame is kept for the first fragment.
@@ -356,6 +362,8 @@ impl Fragmenter {
             video_stall_warned: false,
             head_arena: Arena::new(),
             lead_in: VecDeque::new(),
+            partial_headers: Vec::new(),
+            last_header: None,
             stats: FragmenterStats::default(),
         }
     }
@@ -543,9 +551,21 @@ impl Fragmenter {
 
     fn build_header(&mut self) {
         self.freeze_numbers();
+        let header = self.header_for(u32::MAX);
+        self.partial_headers.clear();
+        self.header = Some(header);
+        self.header_changed = true;
+        self.stats.headers += 1;
+    }
+
+    /// A session header listing the configured tracks whose index is in `mask`.
+    fn header_for(&self, mask: u32) -> Bytes {
         let mut tracks: Vec<HeaderTrack<'_>> = self
             .tracks
             .iter()
+            .enumerate()
+            .filter(|(i, _)| mask & (1 << i) != 0)
+            .map(|(_, t)| t)
             .filter_map(|t| {
                 t.config.as_deref().map(|config| HeaderTrack {
                     number: t.number,
@@ -567,9 +587,36 @@ impl Fragmenter {
             tracks.len(),
             header.len()
         );
-        self.header = Some(header);
-        self.header_changed = true;
-        self.stats.headers += 1;
+        header
+    }
+
+    /// The header for a fragment with `counts` frames per track: the full one, or one without
+    /// the tracks that have no frame in it.
+    fn header_for_counts(&mut self, counts: &[u32; MAX_TRACKS]) -> Bytes {
+        let full = self
+            .header
+            .clone()
+            .expect("a header exists once a fragment started");
+        let configured: Vec<usize> = (0..self.tracks.len())
+            .filter(|&i| self.tracks[i].config.is_some())
+            .collect();
+        let mask = configured
+            .iter()
+            .filter(|&&i| counts[i] > 0)
+            .fold(0u32, |m, &i| m | (1 << i));
+        if configured.len() < 2 || mask == 0 || mask.count_ones() as usize == configured.len() {
+            return full;
+        }
+        if let Some((_, h)) = self.partial_headers.iter().find(|(m, _)| *m == mask) {
+            return h.clone();
+        }
+        tracing::info!(
+            "a track has no frames in fragment {}: its session header leaves that track out",
+            self.sequence
+        );
+        let h = self.header_for(mask);
+        self.partial_headers.push((mask, h.clone()));
+        h
     }
 
     fn start_fragment(&mut self, f: Frame, key: bool) {
@@ -685,6 +732,7 @@ impl Fragmenter {
             self.stats.long_fragments += 1;
             self.warn_long_fragment(duration_ns, &open.counts);
         }
+        let header = self.header_for_counts(&open.counts);
         let frag = Fragment {
             sequence: self.sequence,
             timecode,
@@ -694,11 +742,11 @@ impl Fragmenter {
             len,
             frame_counts: open.counts,
             key: open.key,
-            header: self
-                .header
-                .clone()
-                .expect("a header exists once a fragment started"),
-            header_changed: std::mem::take(&mut self.header_changed),
+            header_changed: {
+                self.header_changed = false;
+                self.last_header.as_ref() != Some(&header)
+            },
+            header,
             end_of_stream,
         };
         tracing::trace!(
@@ -708,6 +756,7 @@ impl Fragmenter {
             frag.frames(),
             frag.len
         );
+        self.last_header = Some(frag.header.clone());
         self.sequence += 1;
         self.stats.fragments += 1;
         out.push_back(frag);

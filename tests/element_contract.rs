@@ -660,3 +660,18 @@ fn aws_default_region_overrides_and_is_checked() {
         "{all}"
     );
 }
+
+#[test]
+fn missing_credentials_fail_the_start_listing_what_was_tried() {
+    if std::env::var_os("AWS_ACCESS_KEY_ID").is_some() {
+        eprintln!("skipped: AWS_ACCESS_KEY_ID is set in this environment");
+        return;
+    }
+    init();
+    let e = gst::ElementFactory::make("kvssink").build().unwrap();
+    let msg = assert_ready_fails_with(&e);
+    assert!(
+        msg.contains("access-key") && msg.contains("AWS_ACCESS_KEY_ID"),
+        "{msg}"
+    );
+}

@@ -12,6 +12,8 @@ mod pipeline;
 
 use std::time::Duration;
 
+use gst::prelude::*;
+
 use gstkvssink::local::{Config, LocalEndpoint};
 use pipeline::{RunOptions, run, stored_frames};
 
@@ -171,5 +173,127 @@ fn h265_byte_stream_straight_from_the_encoder() {
             "{VIDEO_H265} ! video/x-h265,stream-format=byte-stream,alignment=au ! sink.video_%u"
         ),
         &[("video_0", "h265parse ! avdec_h265")],
+    );
+}
+
+/// An A/V stream whose audio stops after 2 s (no EOS, no GAP) keeps producing video
+/// fragments: the silent track holds the others back by at most the interleaver's bound.
+#[test]
+fn video_keeps_flowing_when_audio_stops() {
+    let ep = endpoint();
+    let name = "audio-stops";
+    let line = format!(
+        "{} ! h264parse ! sink.video_%u \
+         audiotestsrc is-live=true num-buffers=260 samplesperbuffer=1024 ! audio/x-raw,rate=44100,channels=1 ! valve name=valve drop=false drop-mode=forward-sticky-events ! avenc_aac ! aacparse ! sink.audio_%u \
+         kvssink name=sink stream-name={name}",
+        VIDEO_H264.replace("num-buffers=60", "num-buffers=180")
+    );
+    let run = run(
+        &ep,
+        &line,
+        Duration::from_secs(60),
+        RunOptions {
+            on_playing: Some(Box::new(|p: &gst::Pipeline| {
+                let valve = p.by_name("valve").unwrap();
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_secs(2));
+                    valve.set_property("drop", true);
+                });
+            })),
+            ..Default::default()
+        },
+    );
+    assert!(run.errors.is_empty(), "{:?}", run.errors);
+    assert!(run.eos);
+    let fragments = ep.fragments(name);
+    let video_after = fragments
+        .iter()
+        .filter(|f| f.timecode >= fragments[0].timecode + 3500)
+        .filter(|f| f.frames_per_track.get(&1).copied().unwrap_or(0) > 0)
+        .count();
+    assert!(
+        video_after >= 3,
+        "video fragments kept coming after the audio stopped: {fragments:?}"
+    );
+    let stored = stored_frames(&ep, name);
+    assert_eq!(stored.get(&1).copied(), run.frames.get("video_0").copied());
+    // The encoder's last frames, flushed at EOS long after the stall, arrive too late to be
+    // placed in order: dropped, and reported on the bus.
+    let (stored_audio, sent_audio) = (stored[&2], run.frames["audio_0"]);
+    assert!(
+        stored_audio <= sent_audio && sent_audio - stored_audio <= 3,
+        "{stored_audio} of {sent_audio}"
+    );
+    if stored_audio < sent_audio {
+        assert!(
+            run.warnings.iter().any(|w| w.contains("dropped")),
+            "late frames are reported: {:?}",
+            run.warnings
+        );
+    }
+    assert!(
+        run.frames["audio_0"] < 120,
+        "the audio really stopped: {:?}",
+        run.frames
+    );
+}
+
+/// `kvs-add-metadata` events become fragment tags: persistent ones on every fragment, one-off
+/// ones once; a name the service reserves is refused with a warning naming the rule.
+#[test]
+fn metadata_events_become_fragment_tags() {
+    let ep = endpoint();
+    let name = "metadata";
+    let line =
+        format!("{VIDEO_H264} ! h264parse ! sink.video_%u kvssink name=sink stream-name={name}");
+    let run = run(
+        &ep,
+        &line,
+        Duration::from_secs(60),
+        RunOptions {
+            on_playing: Some(Box::new(|p: &gst::Pipeline| {
+                let pad = p.by_name("sink").unwrap().static_pad("video_0").unwrap();
+                for (n, v, persist) in [
+                    ("camera", "front-door", true),
+                    ("motion", "1", false),
+                    ("AWS_RESERVED", "x", false),
+                ] {
+                    let s = gst::Structure::builder("kvs-add-metadata")
+                        .field("name", n)
+                        .field("value", v)
+                        .field("persist", persist)
+                        .build();
+                    pad.send_event(gst::event::CustomDownstream::new(s));
+                }
+            })),
+            ..Default::default()
+        },
+    );
+    assert!(run.errors.is_empty(), "{:?}", run.errors);
+    assert!(run.eos);
+    assert_eq!(run.warnings.len(), 1, "{:?}", run.warnings);
+    assert!(
+        run.warnings[0].contains("AWS_RESERVED") && run.warnings[0].contains("AWS"),
+        "{:?}",
+        run.warnings
+    );
+    let fragments = ep.fragments(name);
+    assert!(fragments.len() >= 3, "{fragments:?}");
+    for f in &fragments {
+        assert!(
+            f.tags
+                .contains(&("camera".to_owned(), "front-door".to_owned())),
+            "persistent tag on every fragment: {:?}",
+            f.tags
+        );
+    }
+    let motion = fragments
+        .iter()
+        .filter(|f| f.tags.iter().any(|(n, _)| n == "motion"))
+        .count();
+    assert_eq!(motion, 1, "a one-off tag appears once");
+    assert!(
+        fragments.last().unwrap().end_of_fragment,
+        "EOS closes the last fragment"
     );
 }
