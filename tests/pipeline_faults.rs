@@ -1,0 +1,223 @@
+//! Recovery: a live pipeline through kvssink while the local endpoint misbehaves (connections
+//! reset or closed mid-fragment, stalls, ERROR ACKs of each class, control-plane 5xx and
+//! throttling, refused credentials, withheld ACKs). Outages within `buffer-duration` lose
+//! nothing and duplicate nothing; longer ones drop only whole oldest fragments, each reported;
+//! what cannot be recovered ends in one error plus `stream-error`.
+#![cfg(feature = "local-endpoint")]
+
+mod common;
+#[path = "common/pipeline.rs"]
+mod pipeline;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gst::prelude::*;
+use gstkvssink::local::{
+    AckDrop, AckEventType, Config, FragmentState, HttpFault, LocalEndpoint, Trigger,
+};
+use pipeline::{Run, RunOptions, run, stored_frames};
+
+/// `seconds` of live 30 fps H.264 with a key frame every 0.5 s.
+fn video(seconds: u32, sink_props: &str, name: &str) -> String {
+    format!(
+        "videotestsrc is-live=true num-buffers={} ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 \
+         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15 bframes=0 ! h264parse \
+         ! kvssink name=sink stream-name={name} {sink_props}",
+        seconds * 30
+    )
+}
+
+fn endpoint() -> LocalEndpoint {
+    LocalEndpoint::start(Config::default()).expect("the local endpoint starts")
+}
+
+fn go(ep: &LocalEndpoint, name: &str, seconds: u32, props: &str) -> Run {
+    run(
+        ep,
+        &video(seconds, props, name),
+        Duration::from_secs(90),
+        RunOptions::default(),
+    )
+}
+
+/// Every frame that entered the sink is stored exactly once.
+fn assert_exactly_once(ep: &LocalEndpoint, name: &str, run: &Run) {
+    assert!(run.errors.is_empty(), "{name}: {:?}", run.errors);
+    assert!(run.eos, "{name}: no EOS");
+    assert!(run.dropped.is_empty(), "{name}: {:?}", run.dropped);
+    let persisted: Vec<_> = ep
+        .fragments(name)
+        .into_iter()
+        .filter(|f| f.state == FragmentState::Persisted)
+        .collect();
+    let timecodes: BTreeSet<u64> = persisted.iter().map(|f| f.timecode).collect();
+    assert_eq!(
+        timecodes.len(),
+        persisted.len(),
+        "{name}: a fragment was stored twice"
+    );
+    assert_eq!(
+        stored_frames(ep, name).get(&1).copied(),
+        run.frames.get("video_0").copied(),
+        "{name}: frames stored vs. frames sent"
+    );
+}
+
+#[test]
+fn connection_reset_mid_stream_loses_and_duplicates_nothing() {
+    let ep = endpoint();
+    ep.faults().reset_at_fragment(3);
+    let r = go(&ep, "reset", 4, "");
+    assert_exactly_once(&ep, "reset", &r);
+    assert!(ep.sessions(Some("reset")).len() >= 2, "it reconnected");
+}
+
+#[test]
+fn connection_closed_mid_fragment_loses_and_duplicates_nothing() {
+    let ep = endpoint();
+    ep.faults().close_after_bytes(150_000);
+    let r = go(&ep, "close", 4, "");
+    assert_exactly_once(&ep, "close", &r);
+    assert!(ep.sessions(Some("close")).len() >= 2);
+}
+
+#[test]
+fn retriable_error_ack_is_replayed() {
+    let ep = endpoint();
+    ep.faults().error_ack(2, 5000);
+    let r = go(&ep, "err5000", 4, "");
+    assert_exactly_once(&ep, "err5000", &r);
+    assert!(
+        r.acks.iter().any(|(e, _)| e == "ERROR"),
+        "the ERROR ACK was signalled"
+    );
+}
+
+#[test]
+fn non_retriable_error_ack_skips_the_fragment_and_reports_it() {
+    let ep = endpoint();
+    ep.faults().error_ack(2, 4006);
+    let r = go(&ep, "err4006", 4, "");
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert!(r.eos);
+    assert_eq!(r.dropped.len(), 1, "{:?}", r.dropped);
+    let d = &r.dropped[0];
+    assert_eq!(d.get::<&str>("reason").unwrap(), "rejected by the service");
+    let lost = u64::from(d.get::<u32>("frames").unwrap());
+    assert_eq!(
+        stored_frames(&ep, "err4006").get(&1).copied().unwrap_or(0) + lost,
+        r.frames["video_0"],
+        "everything else arrived"
+    );
+    assert!(
+        r.warnings.iter().any(|w| w.contains("dropped")),
+        "{:?}",
+        r.warnings
+    );
+}
+
+#[test]
+fn control_plane_5xx_and_throttling_are_retried() {
+    let ep = endpoint();
+    ep.faults()
+        .fail_requests(2, HttpFault::service_unavailable());
+    ep.faults().fail_requests(2, HttpFault::throttling());
+    let r = go(&ep, "cp-retry", 3, "");
+    assert_exactly_once(&ep, "cp-retry", &r);
+    let failed = ep
+        .requests()
+        .iter()
+        .filter(|q| q.status >= 500 || q.status == 400)
+        .count();
+    assert!(failed >= 3, "the faults were hit: {:?}", ep.requests());
+}
+
+#[test]
+fn stall_detected_by_connection_staleness_then_replayed() {
+    let ep = endpoint();
+    ep.faults()
+        .stall(Trigger::Fragment(2), Duration::from_secs(6));
+    let r = go(&ep, "stall", 5, "connection-staleness=2");
+    assert_exactly_once(&ep, "stall", &r);
+    assert!(
+        ep.sessions(Some("stall")).len() >= 2,
+        "staleness forced a reconnect"
+    );
+}
+
+#[test]
+fn outage_longer_than_buffer_duration_drops_oldest_whole_fragments_and_reports_them() {
+    let ep = endpoint();
+    ep.faults()
+        .stall(Trigger::Fragment(1), Duration::from_secs(8));
+    let r = go(
+        &ep,
+        "outage",
+        6,
+        "buffer-duration=2 replay-duration=2 connection-staleness=0",
+    );
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert!(r.eos, "realtime mode never stalls the pipeline");
+    assert!(!r.dropped.is_empty(), "drops are reported");
+    let lost: u64 = r
+        .dropped
+        .iter()
+        .map(|d| u64::from(d.get::<u32>("frames").unwrap()))
+        .sum();
+    let stored = stored_frames(&ep, "outage").get(&1).copied().unwrap_or(0);
+    assert!(
+        stored + lost >= r.frames["video_0"],
+        "every frame is stored or reported dropped: {stored} + {lost} vs {}",
+        r.frames["video_0"]
+    );
+}
+
+#[test]
+fn refused_credentials_end_in_one_error_and_stream_error() {
+    let ep = endpoint();
+    ep.faults().fail_requests(1, HttpFault::not_authorized());
+    let status = Arc::new(Mutex::new(None::<u64>));
+    let s = status.clone();
+    let r = run(
+        &ep,
+        &video(3, "", "denied"),
+        Duration::from_secs(30),
+        RunOptions {
+            on_playing: Some(Box::new(move |p: &gst::Pipeline| {
+                p.by_name("sink")
+                    .unwrap()
+                    .connect("stream-error", false, move |args| {
+                        *s.lock().unwrap() = Some(args[1].get::<u64>().unwrap());
+                        None
+                    });
+            })),
+            ..Default::default()
+        },
+    );
+    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+    assert!(r.errors[0].contains("NotAuthorized"), "{:?}", r.errors);
+    assert_eq!(*status.lock().unwrap(), Some(0x5200_0010));
+}
+
+#[test]
+fn eos_waits_for_persisted_at_most_stop_stream_timeout() {
+    let ep = endpoint();
+    ep.faults().drop_acks(AckDrop {
+        event_types: vec![AckEventType::Persisted],
+        ..Default::default()
+    });
+    let r = go(&ep, "no-persisted", 2, "stop-stream-timeout=2");
+    assert!(r.eos, "EOS is posted at stop-stream-timeout");
+    assert!(
+        r.warnings.iter().any(|w| w.contains("not confirmed")),
+        "with a warning: {:?}",
+        r.warnings
+    );
+    let after = r.eos_after.unwrap();
+    assert!(
+        after >= Duration::from_secs(3) && after < Duration::from_secs(8),
+        "2 s of media + 2 s timeout: {after:?}"
+    );
+}
