@@ -297,3 +297,112 @@ fn metadata_events_become_fragment_tags() {
         "EOS closes the last fragment"
     );
 }
+
+/// Offline: 10 s of media pushed as fast as it comes keeps its timing (`file-start-time` + PTS),
+/// and EOS is posted within 1 s of the last PERSISTED ACK.
+#[test]
+fn offline_upload_keeps_timing_and_ends_right_after_the_last_persisted() {
+    let ep = endpoint();
+    let name = "offline";
+    let start_s = 1_700_000_000u64;
+    let line = format!(
+        "videotestsrc num-buffers=300 ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 \
+         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 bframes=0 ! h264parse \
+         ! kvssink name=sink stream-name={name} streaming-type=offline file-start-time={start_s}"
+    );
+    let run = run(&ep, &line, Duration::from_secs(60), RunOptions::default());
+    assert!(run.errors.is_empty(), "{:?}", run.errors);
+    assert!(run.eos);
+    let fragments = ep.fragments(name);
+    assert_eq!(fragments.len(), 10, "a fragment per second: {fragments:?}");
+    for (i, f) in fragments.iter().enumerate() {
+        assert_eq!(f.timecode, start_s * 1000 + i as u64 * 1000, "fragment {i}");
+        assert_eq!(f.state, gstkvssink::local::FragmentState::Persisted);
+    }
+    assert_eq!(stored_frames(&ep, name).get(&1).copied(), Some(300));
+    let gap = run.eos_after.unwrap() - run.last_persisted_after.unwrap();
+    assert!(
+        gap < Duration::from_secs(1),
+        "EOS {gap:?} after the last PERSISTED"
+    );
+}
+
+/// 8 sinks in one process, 50 start/stop cycles: memory and threads come back.
+#[test]
+fn many_sinks_and_cycles_do_not_leak() {
+    fn rss_kb() -> u64 {
+        let s = std::fs::read_to_string("/proc/self/status").unwrap();
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap()
+    }
+    fn threads() -> usize {
+        std::fs::read_dir("/proc/self/task").unwrap().count()
+    }
+    let ep = endpoint();
+    let branch = |i: usize, element: &str| {
+        format!(
+            "videotestsrc num-buffers=20 ! video/x-raw,format=I420,width=160,height=120,framerate=30/1 \
+             ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=10 bframes=0 ! h264parse \
+             ! kvssink name={element} stream-name=cycle-{i} streaming-type=offline "
+        )
+    };
+    let eight: String = (0..8)
+        .map(|i| {
+            branch(
+                i,
+                &if i == 0 {
+                    "sink".to_owned()
+                } else {
+                    format!("sink{i}")
+                },
+            )
+        })
+        .collect();
+    let one = |cycle: usize| {
+        let r = run(
+            &ep,
+            &branch(cycle % 8, "sink"),
+            Duration::from_secs(30),
+            RunOptions::default(),
+        );
+        assert!(
+            r.eos && r.errors.is_empty(),
+            "cycle {cycle}: {:?}",
+            r.errors
+        );
+    };
+    let eight_sinks = || {
+        let r = run(&ep, &eight, Duration::from_secs(60), RunOptions::default());
+        assert!(r.eos && r.errors.is_empty(), "8 sinks: {:?}", r.errors);
+    };
+    // Warm up the runtime, plugin, encoders and thread pools (GStreamer's and tokio's keep
+    // idle threads for a while) once.
+    one(0);
+    eight_sinks();
+    let (rss0, threads0) = (rss_kb(), threads());
+    for cycle in 1..=50 {
+        one(cycle);
+    }
+    // 8 concurrent sinks in one pipeline (offline: each posts EOS when its upload is done).
+    eight_sinks();
+    std::thread::sleep(Duration::from_millis(500));
+    let (rss1, threads1) = (rss_kb(), threads());
+    eprintln!("RSS {rss0} kB -> {rss1} kB, threads {threads0} -> {threads1}");
+    assert!(
+        rss1 < rss0 + 24 * 1024,
+        "RSS grew by {} kB over 50 cycles and 8 sinks",
+        rss1.saturating_sub(rss0)
+    );
+    assert!(threads1 <= threads0 + 2, "threads {threads0} -> {threads1}");
+    // Every cycle and every concurrent sink stored its 20 frames.
+    for i in 0..8 {
+        let runs = 2 + (0..=50).filter(|c| c % 8 == i).count() as u64;
+        assert_eq!(
+            stored_frames(&ep, &format!("cycle-{i}")).get(&1).copied(),
+            Some(20 * runs),
+            "stream cycle-{i}"
+        );
+    }
+}

@@ -27,6 +27,8 @@ pub struct Run {
     pub elapsed: Duration,
     /// From NULL→PLAYING call until EOS was seen.
     pub eos_after: Option<Duration>,
+    /// From NULL→PLAYING call until the last PERSISTED message was seen.
+    pub last_persisted_after: Option<Duration>,
 }
 
 impl Run {
@@ -126,10 +128,13 @@ pub fn run(
             gst::MessageView::Element(e) => {
                 let Some(s) = e.structure() else { continue };
                 match s.name().as_str() {
-                    "kvssink-fragment-ack" => result.acks.push((
-                        s.get::<String>("event").unwrap(),
-                        s.get::<u64>("timecode").unwrap(),
-                    )),
+                    "kvssink-fragment-ack" => {
+                        let event = s.get::<String>("event").unwrap();
+                        if event == "PERSISTED" {
+                            result.last_persisted_after = Some(started.elapsed());
+                        }
+                        result.acks.push((event, s.get::<u64>("timecode").unwrap()));
+                    }
                     "kvssink-fragment-dropped" => result.dropped.push(s.to_owned()),
                     _ => {}
                 }
