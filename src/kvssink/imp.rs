@@ -233,16 +233,7 @@ impl KvsSink {
         if fragments.is_empty() {
             return Ok(());
         }
-        let weak = self.obj().downgrade();
-        let dispatch = self.dispatch().clone();
-        let uploader = stream.uploader(content_type, || {
-            let sink: crate::upload::EventSink = Arc::new(move |ev| {
-                if let Some(obj) = weak.upgrade() {
-                    obj.imp().on_upload_event(ev);
-                }
-            });
-            (sink, dispatch)
-        });
+        let uploader = stream.uploader(content_type, || self.event_sink());
         let stored: Vec<_> = fragments.into_iter().map(|f| stream.stored(f)).collect();
         let offline = stream.prepared.streaming_type == StreamingType::Offline;
         *lock(&self.uploader) = Some(uploader.clone());
@@ -262,6 +253,17 @@ impl KvsSink {
             }
         }
         Ok(())
+    }
+
+    /// Where the uploader reports to (this element, weakly) and its log dispatcher.
+    fn event_sink(&self) -> (crate::upload::EventSink, tracing::Dispatch) {
+        let weak = self.obj().downgrade();
+        let sink: crate::upload::EventSink = Arc::new(move |ev| {
+            if let Some(obj) = weak.upgrade() {
+                obj.imp().on_upload_event(ev);
+            }
+        });
+        (sink, self.dispatch().clone())
     }
 
     fn report_drop(&self, d: &Dropped) {
@@ -666,18 +668,9 @@ impl KvsSink {
             // Realtime push: never blocks, even in offline mode (the store refuses instead).
             let fragments = self.in_core(|| stream.drain()).unwrap_or_default();
             let content_type = state.content_type();
-            let weak = self.obj().downgrade();
-            let dispatch = self.dispatch().clone();
             if let Some(stream) = state.stream.as_mut() {
                 if !fragments.is_empty() {
-                    let uploader = stream.uploader(content_type, || {
-                        let sink: crate::upload::EventSink = Arc::new(move |ev| {
-                            if let Some(obj) = weak.upgrade() {
-                                obj.imp().on_upload_event(ev);
-                            }
-                        });
-                        (sink, dispatch)
-                    });
+                    let uploader = stream.uploader(content_type, || self.event_sink());
                     for f in fragments {
                         for d in uploader.push(stream.stored(f)) {
                             self.report_drop(&d);
