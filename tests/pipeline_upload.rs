@@ -406,3 +406,52 @@ fn many_sinks_and_cycles_do_not_leak() {
         );
     }
 }
+
+/// A resolution change mid-stream (new SPS/PPS, new codec_data) starts a new session header at
+/// the next key frame: the uploader opens a new PutMedia session and nothing is lost.
+#[test]
+fn resolution_change_starts_a_new_header_and_session() {
+    let ep = endpoint();
+    let name = "caps-change";
+    let line = format!(
+        "videotestsrc is-live=true num-buffers=90 ! capsfilter name=cf caps=video/x-raw,format=I420,width=320,height=240,framerate=30/1 \
+         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15 bframes=0 ! h264parse ! kvssink name=sink stream-name={name}"
+    );
+    let run = run(
+        &ep,
+        &line,
+        Duration::from_secs(60),
+        RunOptions {
+            on_playing: Some(Box::new(|p: &gst::Pipeline| {
+                let cf = p.by_name("cf").unwrap();
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(1500));
+                    let caps = gst::Caps::builder("video/x-raw")
+                        .field("format", "I420")
+                        .field("width", 640i32)
+                        .field("height", 480i32)
+                        .field("framerate", gst::Fraction::new(30, 1))
+                        .build();
+                    cf.set_property("caps", caps);
+                });
+            })),
+            ..Default::default()
+        },
+    );
+    assert!(run.errors.is_empty(), "{:?}", run.errors);
+    assert!(run.eos);
+    assert_eq!(
+        stored_frames(&ep, name).get(&1).copied(),
+        run.frames.get("video_0").copied()
+    );
+    assert!(
+        ep.sessions(Some(name)).len() >= 2,
+        "the new header went out on a new session: {:?}",
+        ep.sessions(Some(name))
+    );
+    assert!(
+        ep.fragments(name)
+            .iter()
+            .all(|f| f.state == gstkvssink::local::FragmentState::Persisted)
+    );
+}
