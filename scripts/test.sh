@@ -30,6 +30,7 @@ if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --all-features --locked --profile ci
 else
   # Machines without cargo-nextest: building it from source would cost more than it saves.
+  # One test at a time, as nextest isolates them: pipeline tests measure their own process.
   echo "==> cargo test (cargo-nextest is not installed)"
-  cargo test --all-features --locked
+  cargo test --all-features --locked -- --test-threads=1
 fi
