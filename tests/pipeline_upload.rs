@@ -455,3 +455,39 @@ fn resolution_change_starts_a_new_header_and_session() {
             .all(|f| f.state == gstkvssink::local::FragmentState::Persisted)
     );
 }
+
+/// PLAYING → PAUSED → PLAYING mid-stream: the stream goes on, nothing is lost.
+#[test]
+fn pause_and_resume_mid_stream() {
+    let ep = endpoint();
+    let name = "pause-resume";
+    let line = format!("{VIDEO_H264} ! h264parse ! kvssink name=sink stream-name={name}");
+    let run = run(
+        &ep,
+        &line,
+        Duration::from_secs(60),
+        RunOptions {
+            on_playing: Some(Box::new(|p: &gst::Pipeline| {
+                let p = p.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(700));
+                    p.set_state(gst::State::Paused).unwrap();
+                    std::thread::sleep(Duration::from_millis(1000));
+                    p.set_state(gst::State::Playing).unwrap();
+                });
+            })),
+            ..Default::default()
+        },
+    );
+    assert!(run.errors.is_empty(), "{:?}", run.errors);
+    assert!(run.eos);
+    assert!(
+        run.elapsed >= Duration::from_millis(2500),
+        "it did pause: {:?}",
+        run.elapsed
+    );
+    assert_eq!(
+        stored_frames(&ep, name).get(&1).copied(),
+        run.frames.get("video_0").copied()
+    );
+}
