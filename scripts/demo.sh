@@ -13,13 +13,13 @@ STREAM="${DEMO_STREAM:-kvssink-demo}"
 ensure_packages "${KVSSINK_BUILD_PACKAGES[@]}" "${KVSSINK_RUNTIME_PACKAGES[@]}" ffmpeg curl
 ensure_rust
 
-echo "==> building the plugin and the local endpoint (release)"
-cargo build --release --locked --lib --quiet
-cargo build --release --locked --features local-endpoint --example kvs_local_endpoint --quiet
+echo "==> building the plugin and the local endpoint (profile demo: optimized, no LTO)"
+cargo build --profile demo --locked --lib --quiet
+cargo build --profile demo --locked --features local-endpoint --example kvs_local_endpoint --quiet
 
 WORK="$(mktemp -d /tmp/kvssink-demo.XXXXXX)"
 LOG="$WORK/endpoint.log"
-target/release/examples/kvs_local_endpoint --storage-dir "$WORK/storage" >"$LOG" 2>&1 &
+target/demo/examples/kvs_local_endpoint --storage-dir "$WORK/storage" >"$LOG" 2>&1 &
 ENDPOINT_PID=$!
 trap 'kill $ENDPOINT_PID 2>/dev/null || true' EXIT
 for _ in $(seq 50); do
@@ -39,7 +39,7 @@ FRAMES=$((SECONDS_TO_STREAM * 30))
 AUDIO_BUFFERS=$((SECONDS_TO_STREAM * 44100 / 1024))
 echo "==> streaming ${SECONDS_TO_STREAM} s of live video + audio to stream '$STREAM'"
 set -x
-GST_PLUGIN_PATH="$PWD/target/release" gst-launch-1.0 -e \
+GST_PLUGIN_PATH="$PWD/target/demo" gst-launch-1.0 -e \
   videotestsrc is-live=true num-buffers=$FRAMES ! video/x-raw,format=I420,width=640,height=480,framerate=30/1 \
   ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 bframes=0 ! h264parse ! queue \
   ! kvssink name=sink stream-name="$STREAM" \
