@@ -597,14 +597,11 @@ impl Fragmenter {
             .header
             .clone()
             .expect("a header exists once a fragment started");
-        let configured: Vec<usize> = (0..self.tracks.len())
-            .filter(|&i| self.tracks[i].config.is_some())
-            .collect();
-        let mask = configured
-            .iter()
-            .filter(|&&i| counts[i] > 0)
-            .fold(0u32, |m, &i| m | (1 << i));
-        if configured.len() < 2 || mask == 0 || mask.count_ones() as usize == configured.len() {
+        let configured = (0..self.tracks.len()).filter(|&i| self.tracks[i].config.is_some());
+        let (count, mask) = configured.fold((0u32, 0u32), |(n, m), i| {
+            (n + 1, if counts[i] > 0 { m | (1 << i) } else { m })
+        });
+        if count < 2 || mask == 0 || mask.count_ones() == count {
             return full;
         }
         if let Some((_, h)) = self.partial_headers.iter().find(|(m, _)| *m == mask) {
