@@ -218,6 +218,9 @@ pub struct FragmenterConfig {
     pub key_frame_fragmentation: bool,
     /// `fragment-duration` in ns.
     pub fragment_duration_ns: u64,
+    /// A fragment without frames of some track gets a session header without that track (the
+    /// service answers ErrorId 4011 otherwise). Off: every fragment uses the full header.
+    pub omit_silent_tracks: bool,
 }
 
 impl Default for FragmenterConfig {
@@ -227,6 +230,7 @@ impl Default for FragmenterConfig {
             absolute_fragment_times: true,
             key_frame_fragmentation: true,
             fragment_duration_ns: 2_000_000_000,
+            omit_silent_tracks: true,
         }
     }
 }
@@ -597,6 +601,9 @@ impl Fragmenter {
             .header
             .clone()
             .expect("a header exists once a fragment started");
+        if !self.cfg.omit_silent_tracks {
+            return full;
+        }
         let configured = (0..self.tracks.len()).filter(|&i| self.tracks[i].config.is_some());
         let (count, mask) = configured.fold((0u32, 0u32), |(n, m), i| {
             (n + 1, if counts[i] > 0 { m | (1 << i) } else { m })

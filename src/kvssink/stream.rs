@@ -77,6 +77,7 @@ impl Prepared {
                     absolute_fragment_times: settings.absolute_fragment_times || offline,
                     key_frame_fragmentation: settings.key_frame_fragmentation,
                     fragment_duration_ns: u64::from(settings.fragment_duration_ms) * 1_000_000,
+                    omit_silent_tracks: true,
                 },
                 ..MuxerConfig::default()
             },
