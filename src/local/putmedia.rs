@@ -265,10 +265,23 @@ impl Session {
                 });
         }
         tracing::info!(session = self.id, stream = %self.stream, ?end, "PutMedia session ended");
+        let body_done = matches!(end, SessionEnd::BodyEnded);
         self.service.registry.end_session(self.id, end);
         // Dropping the ACK sender ends the response once the writer has sent what is queued.
         self.ack_tx = None;
-        drop(body);
+        if body_done || self.kill.is_killed() {
+            drop(body);
+        } else {
+            // Closing a socket with unread request data makes the kernel send a reset, which
+            // discards ACKs the client has not read yet: read and discard the rest for a while,
+            // until the client, seeing the response end, stops sending.
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                    while let Some(Ok(_)) = body.frame().await {}
+                })
+                .await;
+            });
+        }
     }
 
     fn end(&mut self, end: SessionEnd) {
