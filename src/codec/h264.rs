@@ -202,22 +202,7 @@ impl<'a> Avcc<'a> {
         if data.len() < 7 {
             return Err(truncated);
         }
-        if data[0] != 1 {
-            return Err(CodecError::Invalid {
-                what: WHAT,
-                reason: format!(
-                    "configurationVersion {} (an Annex-B byte stream needs stream-format=byte-stream)",
-                    data[0]
-                ),
-            });
-        }
-        let length_size = (data[4] & 3) + 1;
-        if length_size == 3 {
-            return Err(CodecError::Invalid {
-                what: WHAT,
-                reason: "NAL length size 3".into(),
-            });
-        }
+        let length_size = super::check_config_record(WHAT, data[0], 1..=1, data[4])?;
         let mut pos = 5;
         let read_sets = |count: usize, pos: &mut usize| -> Result<Vec<&'a [u8]>, CodecError> {
             let mut v = Vec::with_capacity(count);

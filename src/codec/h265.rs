@@ -179,22 +179,7 @@ impl<'a> Hvcc<'a> {
         if data.len() < 23 {
             return Err(truncated);
         }
-        if data[0] > 1 {
-            return Err(CodecError::Invalid {
-                what: WHAT,
-                reason: format!(
-                    "configurationVersion {} (an Annex-B byte stream needs stream-format=byte-stream)",
-                    data[0]
-                ),
-            });
-        }
-        let length_size = (data[21] & 3) + 1;
-        if length_size == 3 {
-            return Err(CodecError::Invalid {
-                what: WHAT,
-                reason: "NAL length size 3".into(),
-            });
-        }
+        let length_size = super::check_config_record(WHAT, data[0], 0..=1, data[21])?;
         let mut pos = 23;
         let mut arrays = Vec::with_capacity(usize::from(data[22]));
         for _ in 0..data[22] {

@@ -148,6 +148,33 @@ fn video_params(
     }))
 }
 
+/// The checks an avcC and an hvcC share: `configurationVersion` in `versions` (anything else,
+/// e.g. an Annex-B start code, means the caps lie about the stream format) and the NAL length
+/// size (1, 2 or 4 bytes) from the low bits of `length_byte`.
+pub(crate) fn check_config_record(
+    what: &'static str,
+    version: u8,
+    versions: std::ops::RangeInclusive<u8>,
+    length_byte: u8,
+) -> Result<u8, CodecError> {
+    if !versions.contains(&version) {
+        return Err(CodecError::Invalid {
+            what,
+            reason: format!(
+                "configurationVersion {version} (an Annex-B byte stream needs stream-format=byte-stream)"
+            ),
+        });
+    }
+    let length_size = (length_byte & 3) + 1;
+    if length_size == 3 {
+        return Err(CodecError::Invalid {
+            what,
+            reason: "NAL length size 3".into(),
+        });
+    }
+    Ok(length_size)
+}
+
 fn check_cpd_len(what: &'static str, data: &[u8]) -> Result<(), CodecError> {
     if data.len() > MAX_CODEC_PRIVATE_LEN {
         return Err(CodecError::Unsupported {
