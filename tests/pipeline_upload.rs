@@ -320,6 +320,18 @@ fn offline_upload_keeps_timing_and_ends_right_after_the_last_persisted() {
         assert_eq!(f.state, gstkvssink::local::FragmentState::Persisted);
     }
     assert_eq!(stored_frames(&ep, name).get(&1).copied(), Some(300));
+    assert_eq!(
+        run.persisted_latencies.len(),
+        10,
+        "every PERSISTED message carries latency-us"
+    );
+    assert!(
+        run.persisted_latencies
+            .iter()
+            .all(|l| *l < Duration::from_secs(10)),
+        "{:?}",
+        run.persisted_latencies
+    );
     let gap = run.eos_after.unwrap() - run.last_persisted_after.unwrap();
     assert!(
         gap < Duration::from_secs(1),

@@ -297,7 +297,7 @@ impl KvsSink {
     fn on_upload_event(&self, ev: UploadEvent) {
         let obj = self.obj();
         match ev {
-            UploadEvent::Ack(ack) => {
+            UploadEvent::Ack { ack, latency } => {
                 let ack_type = match ack.event {
                     AckEvent::Buffering => AckType::Buffering,
                     AckEvent::Received => AckType::Received,
@@ -322,6 +322,9 @@ impl KvsSink {
                         "fragment-number",
                         ack.fragment_number.clone().unwrap_or_default(),
                     );
+                if let Some(latency) = latency {
+                    s = s.field("latency-us", latency.as_micros() as u64);
+                }
                 if let Some(id) = ack.error_id {
                     s = s
                         .field("error-id", id)

@@ -73,7 +73,9 @@ pub struct UploadConfig {
 #[derive(Debug, Clone)]
 pub enum UploadEvent {
     /// Every ACK but IDLE.
-    Ack(Ack),
+    /// An ACK; for PERSISTED, `latency` is the time from the fragment's last byte handed to the
+    /// connection until the ACK was read.
+    Ack { ack: Ack, latency: Option<Duration> },
     /// A fragment left the store without being persisted.
     Dropped(Dropped),
     /// Something failed and will be retried after `delay`.

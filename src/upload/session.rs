@@ -114,16 +114,28 @@ async fn run_inner(
     let Some(header) = shared.store().peek_next().map(|f| f.header.clone()) else {
         return End::Rotate;
     };
-    // One channel item is one fragment's parts; the body yields them one by one, uncopied.
-    let (body_tx, mut body_rx) = mpsc::channel::<Vec<Bytes>>(4);
+    // One channel item is one fragment's parts; the body yields them one by one, uncopied, and
+    // notes when the last part of a fragment went to the connection.
+    let (body_tx, mut body_rx) = mpsc::channel::<BodyItem>(4);
+    let sent = SentLog::default();
+    let body_sent = sent.clone();
     let mut current = std::collections::VecDeque::<Bytes>::new();
+    let mut current_timecode = None;
     let body = reqwest::Body::wrap_stream(futures_util::stream::poll_fn(move |cx| {
         loop {
             if let Some(part) = current.pop_front() {
+                if current.is_empty()
+                    && let Some(tc) = current_timecode.take()
+                {
+                    body_sent.record(tc);
+                }
                 return std::task::Poll::Ready(Some(Ok::<Bytes, std::io::Error>(part)));
             }
             match body_rx.poll_recv(cx) {
-                std::task::Poll::Ready(Some(parts)) => current.extend(parts),
+                std::task::Poll::Ready(Some(item)) => {
+                    current.extend(item.parts);
+                    current_timecode = item.timecode;
+                }
                 std::task::Poll::Ready(None) => return std::task::Poll::Ready(None),
                 std::task::Poll::Pending => return std::task::Poll::Pending,
             }
@@ -147,7 +159,7 @@ async fn run_inner(
                 });
             }
         };
-    if body_tx.send(vec![header.clone()]).await.is_err() {
+    if body_tx.send(BodyItem::other(header.clone())).await.is_err() {
         return End::Failed(Failure::transient("PutMedia body closed".to_owned()));
     }
 
@@ -191,7 +203,7 @@ async fn run_inner(
             };
             if close {
                 if !last_closed_stream {
-                    let _ = tx.send(vec![end_of_fragment_tags()]).await;
+                    let _ = tx.send(BodyItem::other(end_of_fragment_tags())).await;
                 }
                 body_tx = None;
                 closing_since = Some(Instant::now());
@@ -233,7 +245,7 @@ async fn run_inner(
                                 None
                             };
                         }
-                        if let Some(end) = handle_ack(shared, config, events, ack, persisted_any) {
+                        if let Some(end) = handle_ack(shared, config, events, ack, &sent, persisted_any) {
                             return end;
                         }
                         if closing_since.is_some() && shared.store().oldest_in_flight().is_none() {
@@ -280,7 +292,7 @@ async fn run_inner(
                         waiting_since = Some(Instant::now());
                     }
                     drop(store);
-                    permit.send(f.parts);
+                    permit.send(BodyItem { parts: f.parts, timecode: Some(f.timecode) });
                 }
             }
             _ = shared.data.notified(), if body_tx.is_some() && !has_next => {}
@@ -313,10 +325,12 @@ fn handle_ack(
     config: &UploadConfig,
     events: &EventSink,
     ack: Ack,
+    sent: &SentLog,
     persisted_any: &mut bool,
 ) -> Option<End> {
     tracing::debug!(event = ack.event.as_str(), timecode = ?ack.timecode, "ACK");
     let mut result = None;
+    let mut latency = None;
     match ack.event {
         AckEvent::Idle => return None,
         AckEvent::Buffering => {
@@ -338,6 +352,7 @@ fn handle_ack(
         }
         AckEvent::Persisted => {
             if let Some(tc) = ack.timecode {
+                latency = sent.take(tc).map(|at| at.elapsed());
                 if shared.store().on_persisted(tc) {
                     *persisted_any = true;
                     shared.freed();
@@ -376,8 +391,48 @@ fn handle_ack(
             }));
         }
     }
-    events(UploadEvent::Ack(ack));
+    events(UploadEvent::Ack { ack, latency });
     result
+}
+
+/// One item of the request body: a fragment's parts, or session framing (header, end tags).
+struct BodyItem {
+    parts: Vec<Bytes>,
+    timecode: Option<u64>,
+}
+
+impl BodyItem {
+    fn other(bytes: Bytes) -> Self {
+        Self {
+            parts: vec![bytes],
+            timecode: None,
+        }
+    }
+}
+
+/// When the last byte of each fragment of this session went to the connection, until its
+/// PERSISTED ACK; this gives the fragment latency reported with the ACK.
+#[derive(Clone, Default)]
+struct SentLog(std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<(u64, Instant)>>>);
+
+impl SentLog {
+    fn record(&self, timecode: u64) {
+        let mut log = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Bounded: a session without ACKs keeps only the most recent fragments.
+        if log.len() >= 1024 {
+            log.pop_front();
+        }
+        log.push_back((timecode, Instant::now()));
+    }
+
+    /// The send time of `timecode`, forgetting it and everything sent before it.
+    fn take(&self, timecode: u64) -> Option<Instant> {
+        let mut log = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let pos = log.iter().position(|(tc, _)| *tc == timecode)?;
+        let at = log[pos].1;
+        log.drain(..=pos);
+        Some(at)
+    }
 }
 
 fn http_failure(status: u16, body: &str) -> Failure {

@@ -29,6 +29,8 @@ pub struct Run {
     pub eos_after: Option<Duration>,
     /// From NULL→PLAYING call until the last PERSISTED message was seen.
     pub last_persisted_after: Option<Duration>,
+    /// `latency-us` of the PERSISTED messages that carry it.
+    pub persisted_latencies: Vec<Duration>,
 }
 
 impl Run {
@@ -132,6 +134,9 @@ pub fn run(
                         let event = s.get::<String>("event").unwrap();
                         if event == "PERSISTED" {
                             result.last_persisted_after = Some(started.elapsed());
+                            if let Ok(us) = s.get::<u64>("latency-us") {
+                                result.persisted_latencies.push(Duration::from_micros(us));
+                            }
                         }
                         result.acks.push((event, s.get::<u64>("timecode").unwrap()));
                     }
