@@ -631,6 +631,17 @@ impl KvsSink {
         }
         let prepared = Prepared::new(&settings, &effective, |k| std::env::var(k).ok())
             .map_err(|e| gst::error_msg!(gst::LibraryError::Init, ("{}", e)))?;
+        // As the reference, the credentials are obtained once now, so that a wrong setup fails
+        // the start; they are refreshed later by the uploader.
+        let credentials = prepared.upload.credentials.clone();
+        gst::info!(
+            CAT,
+            imp = self,
+            "Credentials from {}",
+            credentials.source().describe()
+        );
+        crate::upload::wait_for(async move { credentials.get().await.map(|_| ()) })
+            .map_err(|e| gst::error_msg!(gst::LibraryError::Init, ("{}", e)))?;
         lock(&self.state).prepared = Some(prepared);
         self.failed.store(false, Ordering::SeqCst);
         Ok(())

@@ -19,8 +19,19 @@ use crate::fragment_mux::{MuxerConfig, StreamMuxer, write_fragment};
 use crate::store::{FragmentStore, Limits, Mode, StoredFragment};
 use crate::timeline::{SystemClock, TimelineConfig};
 use crate::upload::control::{ControlConfig, StreamSpec, endpoint_from_env};
-use crate::upload::credentials::{CredentialProperties, NoCredentials, resolve_static};
+use crate::upload::credentials::{CredentialProperties, KvsCredentials, Source};
+use crate::upload::iot::{IotConfig, IotError};
+use crate::upload::transport::{CaBundle, CaError};
 use crate::upload::{EventSink, UploadConfig, Uploader};
+
+/// Why the properties cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error("iot-certificate: {0}")]
+    Iot(#[from] IotError),
+    #[error(transparent)]
+    Ca(#[from] CaError),
+}
 
 /// The properties, turned into the core's configurations at NULL→READY.
 #[derive(Clone)]
@@ -42,15 +53,27 @@ impl Prepared {
         settings: &Settings,
         effective: &Effective,
         env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, NoCredentials> {
-        let credentials = resolve_static(
-            &CredentialProperties {
-                access_key: settings.access_key.clone(),
-                secret_key: settings.secret_key.clone(),
-                session_token: settings.session_token.clone(),
-            },
-            &env,
-        )?;
+    ) -> Result<Self, PrepareError> {
+        let iot = settings
+            .iot_certificate
+            .as_ref()
+            .map(|s| IotConfig::from_fields(|k| s.get::<String>(k).ok(), &settings.stream_name))
+            .transpose()?;
+        let props = CredentialProperties {
+            access_key: settings.access_key.clone(),
+            secret_key: settings.secret_key.clone(),
+            session_token: settings.session_token.clone(),
+            credential_path: settings.credential_path.clone(),
+        };
+        let source = Source::select(&props, iot, &effective.aws_region, &env, |p| {
+            File::open(p).is_ok()
+        });
+        let credentials = KvsCredentials::new(source, &settings.credential_path);
+        let ca = env("KVSSINK_CA_CERT_PATH")
+            .filter(|p| !p.is_empty())
+            .map(|p| CaBundle::load(std::path::Path::new(&p)))
+            .transpose()?;
+        let endpoint = endpoint_from_env(&env);
         let scale_ms = u64::from(effective.timecode_scale_ms);
         let offline = settings.streaming_type == StreamingType::Offline;
         let tags = settings
@@ -84,13 +107,14 @@ impl Prepared {
             upload: UploadConfig {
                 control: ControlConfig {
                     region: effective.aws_region.clone(),
-                    endpoint: endpoint_from_env(&env),
+                    endpoint: endpoint.clone(),
                     connect_timeout: Duration::from_secs(
                         effective.connection_timeout_seconds.into(),
                     ),
                     completion_timeout: Duration::from_secs(
                         effective.completion_timeout_seconds.into(),
                     ),
+                    ca,
                 },
                 stream: StreamSpec {
                     stream_name: settings.stream_name.clone(),
@@ -100,6 +124,7 @@ impl Prepared {
                     tags,
                 },
                 credentials,
+                explicit_endpoint: endpoint.is_some(),
                 user_agent: settings.user_agent.clone(),
                 fragment_acks: settings.fragment_acks,
                 absolute_fragment_times: settings.absolute_fragment_times || offline,

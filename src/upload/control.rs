@@ -10,14 +10,17 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aws_credential_types::Credentials;
 use aws_sdk_kinesisvideo::Client;
+use aws_sdk_kinesisvideo::config::IdentityCache;
 use aws_sdk_kinesisvideo::config::http::HttpResponse;
 use aws_sdk_kinesisvideo::config::retry::RetryConfig;
 use aws_sdk_kinesisvideo::config::timeout::TimeoutConfig;
 use aws_sdk_kinesisvideo::config::{BehaviorVersion, Region};
 use aws_sdk_kinesisvideo::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesisvideo::types::{ApiName, Status};
+
+use super::credentials::KvsCredentials;
+use super::transport::CaBundle;
 
 /// PIC STATUS codes carried by `stream-error` (kvs-reference.md §1.11).
 pub mod status {
@@ -49,6 +52,8 @@ pub struct ControlConfig {
     pub endpoint: Option<String>,
     pub connect_timeout: Duration,
     pub completion_timeout: Duration,
+    /// Authorities trusted beyond the system's (`KVSSINK_CA_CERT_PATH`).
+    pub ca: Option<CaBundle>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +119,11 @@ impl ControlError {
         }
     }
 
+    /// The service refused the credentials as expired: new ones may help.
+    pub fn is_expired_credentials(&self) -> bool {
+        matches!(self, ControlError::Service { code, .. } if code == "ExpiredTokenException")
+    }
+
     /// The reference SDK's STATUS for `stream-error`.
     pub fn status(&self) -> u32 {
         let op_status = |op: &str| match op {
@@ -174,11 +184,13 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
-    pub fn new(config: &ControlConfig, credentials: Credentials) -> Self {
+    pub fn new(config: &ControlConfig, credentials: KvsCredentials) -> Result<Self, String> {
         let mut builder = aws_sdk_kinesisvideo::Config::builder()
             .behavior_version(BehaviorVersion::v2026_01_12())
             .region(Region::new(config.region.clone()))
             .credentials_provider(credentials)
+            // Every call asks KvsCredentials, which caches and refreshes by itself.
+            .identity_cache(IdentityCache::no_cache())
             .retry_config(RetryConfig::disabled())
             .timeout_config(
                 TimeoutConfig::builder()
@@ -189,9 +201,12 @@ impl ControlPlane {
         if let Some(endpoint) = &config.endpoint {
             builder = builder.endpoint_url(endpoint.clone());
         }
-        Self {
-            client: Client::from_conf(builder.build()),
+        if let Some(ca) = &config.ca {
+            builder = builder.http_client(super::transport::control_client(ca)?);
         }
+        Ok(Self {
+            client: Client::from_conf(builder.build()),
+        })
     }
 
     /// Makes sure the stream exists (creating and tagging it as configured) and returns its ARN.

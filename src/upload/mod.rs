@@ -18,13 +18,14 @@
 pub mod backoff;
 pub mod control;
 pub mod credentials;
+pub mod iot;
 pub mod putmedia;
 mod session;
+pub mod transport;
 
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use aws_credential_types::Credentials;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -34,6 +35,7 @@ use crate::ack::Ack;
 use crate::store::{Dropped, FragmentStore, PushError, StoredFragment};
 use backoff::Backoff;
 use control::{ControlConfig, ControlError, ControlPlane, StreamSpec};
+use credentials::KvsCredentials;
 
 /// The runtime every kvssink in the process shares: two named worker threads.
 pub static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
@@ -45,17 +47,35 @@ pub static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
         .expect("the tokio runtime starts")
 });
 
+/// Runs `fut` on [`RUNTIME`] and waits for its output; for callers outside the runtime (an
+/// application thread changing the element's state).
+pub fn wait_for<F>(fut: F) -> F::Output
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    RUNTIME.spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    rx.recv().expect("the runtime runs the task to completion")
+}
+
 /// GetDataEndpoint answers are reused this long, as in the reference.
 pub const ENDPOINT_CACHE_DURATION: Duration = Duration::from_secs(40 * 60);
 /// A PutMedia session is rotated after this long; the service ends connections at 45 minutes.
 pub const MAX_SESSION_DURATION: Duration = Duration::from_secs(40 * 60);
+/// Credentials that cannot be had for this long end the stream with an error.
+pub const CREDENTIAL_FAILURE_LIMIT: Duration = Duration::from_secs(120);
 
 /// Everything the uploader needs, resolved by the element at start.
 #[derive(Debug, Clone)]
 pub struct UploadConfig {
     pub control: ControlConfig,
     pub stream: StreamSpec,
-    pub credentials: Credentials,
+    pub credentials: KvsCredentials,
+    /// The control-plane endpoint was configured explicitly: plain HTTP is allowed.
+    pub explicit_endpoint: bool,
     pub user_agent: String,
     pub fragment_acks: bool,
     pub absolute_fragment_times: bool,
@@ -322,23 +342,25 @@ async fn setup(
 }
 
 async fn run(shared: Arc<Shared>, config: UploadConfig, events: EventSink) {
-    let control = ControlPlane::new(&config.control, config.credentials.clone());
-    let client = match reqwest::Client::builder()
-        .http1_only()
-        .tcp_nodelay(true)
-        .connect_timeout(config.control.connect_timeout)
-        .pool_max_idle_per_host(0)
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            events(UploadEvent::Fatal {
-                status: control::status::PUT_STREAM_CALL_FAILED,
-                message: format!("cannot create the HTTP client: {e}"),
-            });
-            return;
-        }
+    let fatal = |message: String| {
+        events(UploadEvent::Fatal {
+            status: control::status::PUT_STREAM_CALL_FAILED,
+            message,
+        })
     };
+    let control = match ControlPlane::new(&config.control, config.credentials.clone()) {
+        Ok(c) => c,
+        Err(e) => return fatal(format!("cannot create the control-plane client: {e}")),
+    };
+    let client = match transport::putmedia_client(
+        config.control.ca.as_ref(),
+        config.control.connect_timeout,
+    ) {
+        Ok(c) => c,
+        Err(e) => return fatal(format!("cannot create the HTTP client: {e}")),
+    };
+    let mut plain_http_warned = false;
+    let mut credentials_failing_since: Option<Instant> = None;
     let mut backoff = Backoff::default();
     let mut stream_ready = false;
     let mut endpoint: Option<(String, Instant)> = None;
@@ -367,6 +389,34 @@ async fn run(shared: Arc<Shared>, config: UploadConfig, events: EventSink) {
             continue;
         }
 
+        // Credentials first: a failure here is retried while fragments keep buffering.
+        let got = tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            r = config.credentials.get() => r,
+        };
+        if let Err(e) = got {
+            let since = *credentials_failing_since.get_or_insert_with(Instant::now);
+            if !e.is_transient() || since.elapsed() >= CREDENTIAL_FAILURE_LIMIT {
+                tracing::error!(error = %e, "no credentials");
+                events(UploadEvent::Fatal {
+                    status: control::status::NOT_AUTHORIZED,
+                    message: e.to_string(),
+                });
+                return;
+            }
+            let delay = backoff.next_delay();
+            tracing::warn!(error = %e, ?delay, "getting credentials failed, retrying");
+            events(UploadEvent::Retrying {
+                error: e.to_string(),
+                delay,
+            });
+            if !pause(&shared, delay).await || finish_if_due(&shared, &events) {
+                return;
+            }
+            continue;
+        }
+        credentials_failing_since = None;
+
         let data_endpoint = match &endpoint {
             Some((url, at)) if at.elapsed() < ENDPOINT_CACHE_DURATION => url.clone(),
             _ => {
@@ -376,8 +426,44 @@ async fn run(shared: Arc<Shared>, config: UploadConfig, events: EventSink) {
                 };
                 match result {
                     Ok(url) => {
+                        match transport::check_scheme(&url, config.explicit_endpoint) {
+                            Ok(true) if !plain_http_warned => {
+                                plain_http_warned = true;
+                                tracing::warn!(endpoint = %url, "streaming over plain HTTP, as configured: use this only with a local endpoint");
+                            }
+                            Ok(_) => {}
+                            Err(e) => return fatal(e),
+                        }
                         endpoint = Some((url.clone(), Instant::now()));
                         url
+                    }
+                    Err(e)
+                        if e.is_expired_credentials()
+                            && config.credentials.source().refreshable() =>
+                    {
+                        config.credentials.invalidate();
+                        let delay = backoff.next_delay();
+                        tracing::warn!(error = %e, ?delay, "the credentials expired, fetching new ones");
+                        events(UploadEvent::Retrying {
+                            error: e.to_string(),
+                            delay,
+                        });
+                        if !pause(&shared, delay).await || finish_if_due(&shared, &events) {
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(e) if e.is_expired_credentials() => {
+                        let message = format!(
+                            "{e}: the credentials from {} have expired and cannot be refreshed; use credential-path, iot-certificate or the AWS default chain for credentials that are renewed",
+                            config.credentials.source().describe()
+                        );
+                        tracing::error!(error = %message, "control plane failed");
+                        events(UploadEvent::Fatal {
+                            status: control::status::NOT_AUTHORIZED,
+                            message,
+                        });
+                        return;
                     }
                     Err(e) if e.is_fatal() => {
                         tracing::error!(error = %e, "control plane failed");
@@ -431,6 +517,9 @@ async fn run(shared: Arc<Shared>, config: UploadConfig, events: EventSink) {
                         message: failure.message,
                     });
                     return;
+                }
+                if failure.credentials_refused {
+                    config.credentials.invalidate();
                 }
                 if failure.resetup {
                     endpoint = None;

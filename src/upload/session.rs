@@ -21,6 +21,8 @@ use crate::store::FragmentState;
 const CLOSE_WAIT: Duration = Duration::from_secs(15);
 /// Most bytes of an HTTP error body read for the error message.
 const MAX_ERROR_BODY: usize = 4096;
+/// A session is not rotated for credentials sooner than this after it starts.
+const MIN_SESSION: Duration = Duration::from_secs(2);
 
 pub(super) struct Outcome {
     pub end: End,
@@ -44,6 +46,8 @@ pub(super) struct Failure {
     pub invalidate_endpoint: bool,
     /// Run the whole control-plane setup again (stream deleted, credentials refused).
     pub resetup: bool,
+    /// The service refused the signature's credentials: fetch new ones.
+    pub credentials_refused: bool,
 }
 
 impl Failure {
@@ -55,6 +59,7 @@ impl Failure {
             host_alive: false,
             invalidate_endpoint: false,
             resetup: false,
+            credentials_refused: false,
         }
     }
 }
@@ -149,16 +154,27 @@ async fn run_inner(
         fragment_acks: config.fragment_acks,
         absolute_fragment_times: config.absolute_fragment_times,
     };
-    let request =
-        match putmedia::build_request(&params, &config.credentials, SystemTime::now(), body) {
-            Ok(r) => r,
-            Err(e) => {
-                return End::Failed(Failure {
-                    fatal: true,
-                    ..Failure::transient(e.to_string())
-                });
-            }
-        };
+    let credentials = match config.credentials.get().await {
+        Ok(c) => c,
+        Err(e) => return End::Failed(Failure::transient(e.to_string())),
+    };
+    // A session signed with credentials that are about to be replaced rotates before then;
+    // unless the source has nothing newer yet, and the session keeps its signature.
+    let resign_at = config
+        .credentials
+        .refresh_at()
+        .and_then(|at| at.duration_since(SystemTime::now()).ok())
+        .filter(|left| *left >= MIN_SESSION)
+        .map(|left| Instant::now() + left);
+    let request = match putmedia::build_request(&params, &credentials, SystemTime::now(), body) {
+        Ok(r) => r,
+        Err(e) => {
+            return End::Failed(Failure {
+                fatal: true,
+                ..Failure::transient(e.to_string())
+            });
+        }
+    };
     if body_tx.send(BodyItem::other(header.clone())).await.is_err() {
         return End::Failed(Failure::transient("PutMedia body closed".to_owned()));
     }
@@ -198,6 +214,13 @@ async fn run_inner(
                     rotate = true;
                     true
                 }
+                Some(_) if resign_at.is_some_and(|at| Instant::now() >= at) => {
+                    tracing::info!(
+                        "rotating the PutMedia session to sign with renewed credentials"
+                    );
+                    rotate = true;
+                    true
+                }
                 None => finishing,
                 Some(_) => false,
             };
@@ -220,10 +243,16 @@ async fn run_inner(
         };
         let close_deadline = closing_since.map(|t| t + CLOSE_WAIT);
         let finish_deadline = shared.finish_deadline();
-        let deadline = [stale_deadline, close_deadline, finish_deadline]
-            .into_iter()
-            .flatten()
-            .min();
+        let resign_deadline = resign_at.filter(|_| body_tx.is_some());
+        let deadline = [
+            stale_deadline,
+            close_deadline,
+            finish_deadline,
+            resign_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
 
         tokio::select! {
             biased;
@@ -388,6 +417,7 @@ fn handle_ack(
                 host_alive: class.host_alive,
                 invalidate_endpoint: false,
                 resetup: id == 4008 || id == 4507,
+                credentials_refused: false,
             }));
         }
     }
@@ -440,6 +470,7 @@ fn http_failure(status: u16, body: &str) -> Failure {
     match status {
         401 | 403 => Failure {
             resetup: true,
+            credentials_refused: true,
             ..Failure::transient(message)
         },
         404 => Failure {
