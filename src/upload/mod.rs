@@ -18,6 +18,7 @@
 pub mod backoff;
 pub mod control;
 pub mod credentials;
+pub mod iot;
 pub mod putmedia;
 mod session;
 
