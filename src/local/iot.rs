@@ -261,7 +261,9 @@ fn mint_client(
 }
 
 impl Pki {
-    fn generate(dir: PathBuf) -> Result<Pki, Error> {
+    /// `ip`: the address clients connect to, named in the server certificate besides
+    /// `127.0.0.1` and `localhost`.
+    fn generate(dir: PathBuf, ip: std::net::IpAddr) -> Result<Pki, Error> {
         std::fs::create_dir_all(&dir)?;
         let ca_key = KeyPair::generate().map_err(tls_err)?;
         let ca_p = ca_params("kvs-local IoT test CA");
@@ -271,8 +273,11 @@ impl Pki {
         let ca = Issuer::new(ca_p, ca_key);
 
         let server_key = KeyPair::generate().map_err(tls_err)?;
-        let mut sp = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-            .map_err(tls_err)?;
+        let mut names = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+        if !ip.is_loopback() {
+            names.push(ip.to_string());
+        }
+        let mut sp = CertificateParams::new(names).map_err(tls_err)?;
         sp.distinguished_name
             .push(DnType::CommonName, "kvs-local IoT credentials endpoint");
         sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -354,14 +359,18 @@ impl IotService {
         shutdown: watch::Receiver<bool>,
         handle: &tokio::runtime::Handle,
     ) -> Result<Arc<IotService>, Error> {
-        let pki = Pki::generate(dir)?;
-        let acceptor = pki.acceptor()?;
         let bind = config
             .bind
             .unwrap_or_else(|| SocketAddr::new(default_ip, 0));
         let listener = std::net::TcpListener::bind(bind)?;
         listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
+        let mut addr = listener.local_addr()?;
+        // Bound to every interface: clients use the loopback address.
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let pki = Pki::generate(dir, addr.ip())?;
+        let acceptor = pki.acceptor()?;
         let service = Arc::new(IotService {
             endpoint: addr.to_string(),
             role_aliases: config.role_aliases.clone(),
@@ -701,6 +710,34 @@ mod tests {
              key-path=(string)/tmp/x/k.pem,ca-path=(string)/tmp/x/iot-ca.pem,\
              role-aliases=(string)alias,iot-thing-name=(string)thing-1"
         );
+    }
+
+    #[test]
+    fn structure_string_parses_as_a_gst_structure_of_strings() {
+        gst::init().unwrap();
+        let info = IotInfo {
+            endpoint: "127.0.0.1:4443".into(),
+            ca_path: "/tmp/x y/iot-ca.pem".into(),
+            cert_path: "/tmp/x/c\"q.pem".into(),
+            key_path: "/tmp/x/k.pem".into(),
+            role_alias: "alias".into(),
+        };
+        let s: gst::Structure = info.structure_string(Some("42")).parse().unwrap();
+        assert_eq!(s.name(), "iot-certificate");
+        for key in [
+            "endpoint",
+            "cert-path",
+            "key-path",
+            "ca-path",
+            "role-aliases",
+        ] {
+            assert_eq!(
+                s.get::<String>(key).ok(),
+                info.field(key),
+                "{key} is a string with the same value"
+            );
+        }
+        assert_eq!(s.get::<String>("iot-thing-name").unwrap(), "42");
     }
 
     #[test]
