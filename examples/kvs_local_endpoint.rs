@@ -9,13 +9,15 @@
 //! interrupted. Persisted fragments land in `--storage-dir` (default `$TMPDIR/kvs-local-endpoint`) as
 //! `<stream>.mkv`, playable with `ffplay` or `gst-play-1.0`. `curl <url>/_local/streams`,
 //! `/_local/streams/<name>/fragments`, `/_local/sessions` and `/_local/requests` show what arrived.
-//! `--help` lists the options, fault injection included.
+//! `--iot` also serves the AWS IoT credentials provider (mutual TLS) and prints a ready
+//! `iot-certificate` value. `--help` lists the options, fault injection included.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use gstkvssink::local::{
-    AckDrop, AckEventType, Config, Credentials, Disconnect, HttpFault, LocalEndpoint, Trigger,
+    AckDrop, AckEventType, Config, Credentials, Disconnect, HttpFault, IotEndpointConfig,
+    LocalEndpoint, Trigger,
 };
 
 const HELP: &str = "\
@@ -35,6 +37,13 @@ Options:
   --max-connection-duration-s N  ERROR 4003 after this (default 2700)
   --idle-timeout-s N          end a PutMedia response after N s without data (default 30)
   --activation-delay-ms N     streams stay CREATING this long (default 0)
+  --credential-lifetime SECS  credentials (given, added, IoT-minted) expire after SECS seconds;
+                              then new requests get ExpiredTokenException (default: never;
+                              IoT-minted: 3600)
+  --iot                       also serve the AWS IoT credentials provider (mutual TLS, own port);
+                              prints the iot-certificate property for kvssink
+  --iot-role-alias NAME       role alias the IoT endpoint knows (repeatable; default kvs-local-role-alias)
+  --iot-thing NAME            thing name it accepts (repeatable; default: any)
   --verbose                   log requests, sessions, fragments and ACKs (RUST_LOG overrides)
   --fault SPEC                arm a fault (repeatable):
         close-after-bytes=N | reset-after-bytes=N      end the next PutMedia connection
@@ -137,6 +146,8 @@ fn run() -> Result<(), String> {
     let mut faults = Vec::new();
     let mut verbose = false;
     let (mut ak, mut sk, mut token) = (None, None, None);
+    let mut iot: Option<IotEndpointConfig> = None;
+    let (mut aliases, mut things) = (Vec::new(), Vec::new());
 
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -172,11 +183,24 @@ fn run() -> Result<(), String> {
             "--max-connection-duration-s" => config.max_connection_duration = secs(value()?)?,
             "--idle-timeout-s" => config.idle_timeout = secs(value()?)?,
             "--activation-delay-ms" => config.stream_activation_delay = ms(value()?)?,
+            "--credential-lifetime" => config.credential_lifetime = Some(secs(value()?)?),
+            "--iot" => iot = Some(IotEndpointConfig::default()),
+            "--iot-role-alias" => aliases.push(value()?),
+            "--iot-thing" => things.push(value()?),
             "--verbose" | "-v" => verbose = true,
             "--fault" => faults.push(value()?),
             other => return Err(format!("unknown option {other}")),
         }
     }
+    if let Some(c) = iot.as_mut() {
+        if !aliases.is_empty() {
+            c.role_aliases = aliases;
+        }
+        c.thing_names = things;
+    } else if !aliases.is_empty() || !things.is_empty() {
+        return Err("--iot-role-alias and --iot-thing need --iot".into());
+    }
+    config.iot = iot;
     config.bind = format!("{bind_ip}:{port}")
         .parse()
         .map_err(|e| format!("--bind/--port: {e}"))?;
@@ -196,6 +220,7 @@ fn run() -> Result<(), String> {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
 
+    let config_lifetime = config.credential_lifetime;
     let ep = LocalEndpoint::start(config).map_err(|e| e.to_string())?;
     for s in &streams {
         ep.create_stream(s, retention).map_err(|e| e.to_string())?;
@@ -214,6 +239,33 @@ fn run() -> Result<(), String> {
     println!("\n# point kvssink at it:");
     for (k, v) in ep.env() {
         println!("export {k}={v}");
+    }
+    if let Some(info) = ep.iot() {
+        let thing = streams.first().map(String::as_str);
+        println!("\n# or, with the IoT credentials provider instead of static credentials:");
+        println!("export IOT_ENDPOINT={}", info.endpoint);
+        println!("export IOT_CA_PATH={}", info.ca_path.display());
+        println!("export IOT_CERT_PATH={}", info.cert_path.display());
+        println!("export IOT_KEY_PATH={}", info.key_path.display());
+        println!("export IOT_ROLE_ALIAS={}", info.role_alias);
+        println!(
+            "# kvssink property (thing name: {}):",
+            thing.unwrap_or("the stream name")
+        );
+        println!("iot-certificate=\"{}\"", info.structure_string(thing));
+        if let Some(other) = ep.iot_untrusted_client_cert() {
+            println!(
+                "# a certificate of another CA (refused): {} / {}",
+                other.cert_path.display(),
+                other.key_path.display()
+            );
+        }
+    }
+    if let Some(l) = config_lifetime {
+        println!(
+            "\n# credentials expire {}s after they are issued",
+            l.as_secs()
+        );
     }
     println!("\n# see what arrived: curl {}/_local/streams", ep.url());
     loop {

@@ -6,10 +6,11 @@
 //! of that connection from 0; bytes count its request body. ACK delay and ACK dropping stay in
 //! force until cleared. HTTP faults answer the next N matching requests with an error. Expired
 //! credentials make every request signed with the credentials known at that moment fail with
-//! `ExpiredTokenException` until new ones are added.
+//! `ExpiredTokenException` until new ones are added (credentials can also expire by themselves:
+//! `Config::credential_lifetime`, `LocalEndpoint::add_credentials_expiring`).
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use super::Credentials;
 use super::ack::AckEventType;
@@ -49,8 +50,9 @@ pub struct HttpFault {
     pub status: u16,
     pub error_type: String,
     pub message: String,
-    /// Operation name (`DescribeStream`, `PutMedia`, …) this applies to; `None`: any control-plane
-    /// call (PutMedia is never matched by `None`).
+    /// Operation name (`DescribeStream`, `PutMedia`, `GetIotCredentials`, …) this applies to;
+    /// `None`: any control-plane call (PutMedia and the IoT credentials endpoint are never
+    /// matched by `None`).
     pub operation: Option<String>,
 }
 
@@ -118,7 +120,7 @@ impl HttpFault {
     fn matches(&self, operation: &str) -> bool {
         match &self.operation {
             Some(op) => op == operation,
-            None => operation != "PutMedia",
+            None => operation != "PutMedia" && operation != super::iot::IOT_OPERATION,
         }
     }
 }
@@ -142,7 +144,14 @@ pub(crate) struct FaultState {
 #[derive(Debug, Clone)]
 pub(crate) struct KeyEntry {
     pub credentials: Credentials,
-    pub expired: bool,
+    /// From this moment on, requests signed with it get `ExpiredTokenException`.
+    pub expires_at: Option<SystemTime>,
+}
+
+impl KeyEntry {
+    pub fn is_expired(&self, now: SystemTime) -> bool {
+        self.expires_at.is_some_and(|t| now >= t)
+    }
 }
 
 /// The handle to program faults; cheap to clone.
@@ -227,9 +236,12 @@ impl Faults {
 
     /// Marks every credential known now as expired (`ExpiredTokenException`).
     pub fn expire_credentials(&self) {
+        let now = SystemTime::now();
         let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
         for k in keys.iter_mut() {
-            k.expired = true;
+            if !k.is_expired(now) {
+                k.expires_at = Some(now);
+            }
         }
     }
 

@@ -10,7 +10,16 @@
 //! - `putmedia` + [`mkv`]: `POST /putMedia`, full duplex, MKV split into fragments incrementally,
 //!   BUFFERING/RECEIVED/PERSISTED/IDLE/ERROR ACKs and the service's rules;
 //! - [`faults`]: fault injection; `model`: streams and what arrived; `store`: fragments on disk as
-//!   playable `.mkv`.
+//!   playable `.mkv`;
+//! - [`iot`]: the AWS IoT credentials provider (mutual TLS on a port of its own, [`Config::iot`]),
+//!   which mints credentials this endpoint then accepts until they expire.
+//!
+//! Credentials expire when they are given a lifetime ([`Config::credential_lifetime`],
+//! [`LocalEndpoint::add_credentials_expiring`], IoT-minted ones) or by
+//! [`Faults::expire_credentials`]: from then on a *new* request signed with them gets 403
+//! `ExpiredTokenException`. A PutMedia session that started before keeps streaming: the
+//! signature is checked when the request starts, as the service does (a request is
+//! authenticated once); the uploader rotates its sessions before its credentials expire anyway.
 //!
 //! Quiet by default: it logs with `tracing` (targets `gstkvssink::local::…`) and never installs a
 //! subscriber.
@@ -41,6 +50,7 @@
 pub mod ack;
 mod control;
 pub mod faults;
+pub mod iot;
 pub mod mkv;
 mod model;
 mod putmedia;
@@ -51,12 +61,15 @@ mod store;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
 pub use ack::{Ack, AckEventType};
 pub use faults::{AckDrop, Disconnect, Faults, HttpFault, Trigger};
+pub use iot::{
+    IOT_OPERATION, IotClientCert, IotEndpointConfig, IotInfo, IotRequestRecord, IotTlsRejection,
+};
 pub use mkv::Limits;
 pub use model::{
     AckRecord, ApiError, FragmentInfo, FragmentState, RequestRecord, SessionEnd, SessionInfo,
@@ -145,6 +158,11 @@ pub struct Config {
     pub max_putmedia_connections_per_stream: usize,
     /// Run on this runtime instead of a runtime of the endpoint's own.
     pub runtime: Option<tokio::runtime::Handle>,
+    /// Credentials given here and to [`LocalEndpoint::add_credentials`] expire this long after
+    /// they are registered (`None`: never; see [`LocalEndpoint::add_credentials_expiring`]).
+    pub credential_lifetime: Option<Duration>,
+    /// Also serve the AWS IoT credentials provider ([`LocalEndpoint::iot`]).
+    pub iot: Option<IotEndpointConfig>,
 }
 
 impl Default for Config {
@@ -166,6 +184,8 @@ impl Default for Config {
             stream_deletion_delay: Duration::ZERO,
             max_putmedia_connections_per_stream: 5,
             runtime: None,
+            credential_lifetime: None,
+            iot: None,
         }
     }
 }
@@ -189,7 +209,9 @@ pub struct LocalEndpoint {
     url: String,
     region: String,
     credentials: Credentials,
+    credential_lifetime: Option<Duration>,
     ca_path: Option<PathBuf>,
+    iot: Option<Arc<iot::IotService>>,
     shutdown_tx: watch::Sender<bool>,
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
     handle: tokio::runtime::Handle,
@@ -233,7 +255,7 @@ impl LocalEndpoint {
             .unwrap_or_else(|e| e.into_inner())
             .push(KeyEntry {
                 credentials: config.credentials.clone(),
-                expired: false,
+                expires_at: config.credential_lifetime.map(|l| SystemTime::now() + l),
             });
         let service = Arc::new(server::Service {
             settings: server::Settings {
@@ -251,11 +273,23 @@ impl LocalEndpoint {
                 deletion_delay: config.stream_deletion_delay,
                 max_sessions_per_stream: config.max_putmedia_connections_per_stream,
             }),
-            faults,
+            faults: faults.clone(),
             store,
             data_endpoint: config.advertised_url.clone().unwrap_or_else(|| url.clone()),
             shutdown: shutdown_rx,
         });
+        let iot = match &config.iot {
+            Some(c) => Some(iot::IotService::start(
+                c,
+                addr.ip(),
+                config.credential_lifetime,
+                service.store.dir().join("iot"),
+                faults,
+                service.shutdown.clone(),
+                &handle,
+            )?),
+            None => None,
+        };
         {
             let _guard = handle.enter();
             let listener = tokio::net::TcpListener::from_std(listener)?;
@@ -268,7 +302,9 @@ impl LocalEndpoint {
             url,
             region: config.region,
             credentials: config.credentials,
+            credential_lifetime: config.credential_lifetime,
             ca_path,
+            iot,
             shutdown_tx,
             runtime: Mutex::new(runtime),
             handle,
@@ -293,8 +329,19 @@ impl LocalEndpoint {
         self.credentials.clone()
     }
 
-    /// Accepts more credentials (e.g. fresh ones after [`Faults::expire_credentials`]).
+    /// Accepts more credentials (e.g. fresh ones after [`Faults::expire_credentials`]), for
+    /// [`Config::credential_lifetime`] (`None`: until expired by a fault).
     pub fn add_credentials(&self, credentials: Credentials) {
+        self.push_key(credentials, self.credential_lifetime);
+    }
+
+    /// Accepts more credentials until `lifetime` from now; then new requests signed with them get
+    /// `ExpiredTokenException`.
+    pub fn add_credentials_expiring(&self, credentials: Credentials, lifetime: Duration) {
+        self.push_key(credentials, Some(lifetime));
+    }
+
+    fn push_key(&self, credentials: Credentials, lifetime: Option<Duration>) {
         self.service
             .faults
             .keys
@@ -302,8 +349,56 @@ impl LocalEndpoint {
             .unwrap_or_else(|e| e.into_inner())
             .push(KeyEntry {
                 credentials,
-                expired: false,
+                expires_at: lifetime.map(|l| SystemTime::now() + l),
             });
+    }
+
+    /// When the credentials with this access key id expire: `None` if unknown, `Some(None)` if
+    /// they never do.
+    pub fn credential_expiration(&self, access_key_id: &str) -> Option<Option<SystemTime>> {
+        self.service
+            .faults
+            .keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .rev()
+            .find(|k| k.credentials.access_key_id == access_key_id)
+            .map(|k| k.expires_at)
+    }
+
+    /// The IoT credentials endpoint, when [`Config::iot`] is set: its address, the CA, a thing
+    /// certificate and key signed by it, and a role alias — the fields of an `iot-certificate`.
+    pub fn iot(&self) -> Option<IotInfo> {
+        self.iot.as_ref().map(|i| i.info())
+    }
+
+    /// A client certificate signed by another CA than the IoT endpoint's (refused in the TLS
+    /// handshake); its `ca_path` is that other CA (which does not sign the server either).
+    pub fn iot_untrusted_client_cert(&self) -> Option<IotClientCert> {
+        self.iot.as_ref().map(|i| i.untrusted_client_cert())
+    }
+
+    /// Writes a new client certificate and key named `name` (letters, digits, `-_.`), signed by
+    /// the IoT endpoint's CA. Fails when IoT is not configured.
+    pub fn iot_mint_client_cert(&self, name: &str) -> Result<IotClientCert, Error> {
+        match &self.iot {
+            Some(i) => i.mint_client_cert(name),
+            None => Err(Error::Tls("the IoT endpoint is not configured".into())),
+        }
+    }
+
+    /// Requests the IoT endpoint answered (after the TLS handshake), in order.
+    pub fn iot_requests(&self) -> Vec<IotRequestRecord> {
+        self.iot.as_ref().map(|i| i.requests()).unwrap_or_default()
+    }
+
+    /// TLS handshakes the IoT endpoint refused (e.g. client certificates of another CA).
+    pub fn iot_tls_rejections(&self) -> Vec<IotTlsRejection> {
+        self.iot
+            .as_ref()
+            .map(|i| i.rejections())
+            .unwrap_or_default()
     }
 
     /// PEM file of the generated certificate when TLS is on (its name ends in `.pem`, as

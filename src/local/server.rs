@@ -213,7 +213,7 @@ async fn serve_connection<I>(
     }
 }
 
-fn request_id() -> String {
+pub(crate) fn request_id() -> String {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let t = SystemTime::now()
@@ -377,10 +377,11 @@ async fn handle(
         headers: &header_refs,
         payload_sha256: &payload_hash,
     };
+    let now = SystemTime::now();
     let params = VerifyParams {
         service: "kinesisvideo",
         region: Some(&service.settings.region),
-        now: SystemTime::now(),
+        now,
         max_skew: service.settings.max_clock_skew,
     };
     let keys = service.faults.keys.clone();
@@ -391,7 +392,7 @@ async fn handle(
             .map(|k| KeyInfo {
                 secret_access_key: k.credentials.secret_access_key.clone(),
                 session_token: k.credentials.session_token.clone(),
-                expired: k.expired,
+                expired: k.is_expired(now),
             })
     });
     match verified {
