@@ -99,6 +99,15 @@ pub struct KvsSink {
     dropped_fragments: AtomicU64,
 }
 
+/// `value` unless it is a secret that was set.
+fn redacted<'a>(value: &'a str, sentinel: &'a str) -> &'a str {
+    if value == sentinel || value.is_empty() {
+        value
+    } else {
+        "*****"
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic caught at a pad boundary must not make every later call panic too.
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -966,8 +975,12 @@ impl ObjectImpl for KvsSink {
             "track-name" => s.track_name.to_value(),
             // The reference returns the stored values; so do we (the application set them).
             "access-key" => s.access_key.to_value(),
-            "secret-key" => s.secret_key.to_value(),
-            "session-token" => s.session_token.to_value(),
+            // Secrets are write-only in effect: reading them back (gst-launch -v notify, a UI
+            // dumping properties) shows that one is set, never its value.
+            "secret-key" => redacted(&s.secret_key, settings::SECRET_KEY_SENTINEL).to_value(),
+            "session-token" => {
+                redacted(&s.session_token, settings::SESSION_TOKEN_SENTINEL).to_value()
+            }
             "aws-region" => s.aws_region.to_value(),
             "rotation-period" => s.rotation_period_seconds.to_value(),
             "log-config" => s.log_config.to_value(),

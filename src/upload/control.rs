@@ -80,6 +80,13 @@ pub enum ControlError {
         "stream '{0}' does not exist and allow-create-stream is false: create it or set allow-create-stream=true"
     )]
     StreamNotFound(String),
+    #[error(
+        "{operation} failed: the server's TLS certificate is not trusted ({detail}); if the endpoint uses a private CA, point KVSSINK_CA_CERT_PATH at its PEM file or directory"
+    )]
+    UntrustedCertificate {
+        operation: &'static str,
+        detail: String,
+    },
     #[error("stream '{0}' is being deleted")]
     StreamDeleting(String),
     #[error("stream '{0}' is {1}, waiting for it to become ACTIVE")]
@@ -112,7 +119,9 @@ impl ControlError {
                     && code != "ResourceInUseException"
                     && code != "ExpiredTokenException")
             }
-            ControlError::StreamNotFound(_) | ControlError::StreamDeleting(_) => true,
+            ControlError::StreamNotFound(_)
+            | ControlError::StreamDeleting(_)
+            | ControlError::UntrustedCertificate { .. } => true,
             ControlError::Transport { .. }
             | ControlError::StreamNotActive(..)
             | ControlError::Malformed(..) => false,
@@ -148,7 +157,8 @@ impl ControlError {
                     op_status(operation)
                 }
             }
-            ControlError::Transport { operation, .. } => op_status(operation),
+            ControlError::Transport { operation, .. }
+            | ControlError::UntrustedCertificate { operation, .. } => op_status(operation),
             ControlError::StreamNotFound(_) | ControlError::StreamNotActive(..) => {
                 status::DESCRIBE_STREAM_CALL_FAILED
             }
@@ -172,11 +182,25 @@ where
                 status: service.raw().status().as_u16(),
             }
         }
-        _ => ControlError::Transport {
-            operation,
-            detail: aws_sdk_kinesisvideo::error::DisplayErrorContext(&err).to_string(),
-        },
+        _ => {
+            let detail = aws_sdk_kinesisvideo::error::DisplayErrorContext(&err).to_string();
+            match untrusted_certificate(&detail) {
+                Some(reason) => ControlError::UntrustedCertificate {
+                    operation,
+                    detail: reason.to_owned(),
+                },
+                None => ControlError::Transport { operation, detail },
+            }
+        }
     }
+}
+
+/// The reason when a connection failed because the server's certificate could not be verified
+/// (rustls' "invalid peer certificate: …"); retrying cannot help.
+fn untrusted_certificate(detail: &str) -> Option<&str> {
+    let at = detail.find("invalid peer certificate")?;
+    let rest = &detail[at..];
+    Some(rest.split([')', '\n']).next().unwrap_or(rest))
 }
 
 pub struct ControlPlane {

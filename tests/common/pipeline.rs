@@ -47,6 +47,8 @@ pub type OnPlaying<'a> = Box<dyn FnOnce(&gst::Pipeline) + 'a>;
 pub struct RunOptions<'a> {
     pub dump_dir: Option<&'a Path>,
     pub extra_env: Vec<(&'static str, String)>,
+    /// Variables (of the endpoint's `env()` among others) unset while the element starts.
+    pub remove_env: Vec<&'static str>,
     /// Called once the pipeline is PLAYING, with the pipeline.
     pub on_playing: Option<OnPlaying<'a>>,
 }
@@ -88,6 +90,9 @@ pub fn run(
             }
             for (k, v) in &opts.extra_env {
                 std::env::set_var(k, v);
+            }
+            for k in &opts.remove_env {
+                std::env::remove_var(k);
             }
         }
         let _ = pipeline.set_state(gst::State::Ready);
