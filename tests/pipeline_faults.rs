@@ -221,3 +221,34 @@ fn eos_waits_for_persisted_at_most_stop_stream_timeout() {
         "2 s of media + 2 s timeout: {after:?}"
     );
 }
+
+/// A 30 s blackhole (the endpoint stops reading and acknowledging mid-session) inside the
+/// default `buffer-duration`: the live pipeline never stalls, and once the network is back
+/// every frame arrives exactly once.
+#[test]
+fn thirty_second_blackhole_loses_and_duplicates_nothing() {
+    let ep = endpoint();
+    ep.faults()
+        .stall(Trigger::Fragment(3), Duration::from_secs(30));
+    let r = go(&ep, "blackhole", 40, "");
+    assert_exactly_once(&ep, "blackhole", &r);
+    assert_eq!(r.frames["video_0"], 40 * 30, "the source was never held up");
+    let eos = r.eos_after.unwrap();
+    assert!(
+        eos < Duration::from_secs(55),
+        "EOS {eos:?} after 40 s of media: the backlog drained at once"
+    );
+    assert_eq!(
+        ep.sessions(Some("blackhole")).len(),
+        1,
+        "the session outlived the blackhole"
+    );
+    // Fragments sent during the blackhole were persisted only after it.
+    let lat = r
+        .persisted_latencies
+        .iter()
+        .max()
+        .copied()
+        .unwrap_or_default();
+    assert!(lat >= Duration::from_secs(20), "max latency {lat:?}");
+}

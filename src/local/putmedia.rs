@@ -247,8 +247,10 @@ impl Session {
                     }
                     Some(Ok(frame)) => {
                         if let Ok(data) = frame.into_data() {
-                            last_data = Instant::now();
                             self.on_data(data).await;
+                            // After the data, not before: a stall inside on_data is not the
+                            // client being idle.
+                            last_data = Instant::now();
                         }
                     }
                 },
