@@ -79,9 +79,8 @@ fn main() {
     support::init();
     support::catch_interrupt();
 
-    let camera = !test_sources
-        && support::has("v4l2src")
-        && std::path::Path::new(&video_device).exists();
+    let camera =
+        !test_sources && support::has("v4l2src") && std::path::Path::new(&video_device).exists();
     let video_src = if camera {
         format!("v4l2src device={video_device}")
     } else {
@@ -117,7 +116,9 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let sink = pipeline.by_name("sink").expect("kvssink is in the pipeline");
+    let sink = pipeline
+        .by_name("sink")
+        .expect("kvssink is in the pipeline");
     if let Some(region) = region {
         sink.set_property("aws-region", region);
     }
@@ -134,7 +135,11 @@ fn main() {
             p.fetch_add(1, Ordering::Relaxed);
         }
         if verbose {
-            let n = ack.sequence_number.iter().position(|&b| b == 0).unwrap_or(0);
+            let n = ack
+                .sequence_number
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(0);
             println!(
                 "ack {:?} fragment {} (number {}, result {})",
                 ack.ack_type,

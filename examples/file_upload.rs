@@ -152,10 +152,7 @@ fn main() {
             eprintln!("{line}");
         }
         if verbose && fragments.persisted.len() > before {
-            println!(
-                "persisted fragment {}",
-                fragments.persisted.last().unwrap()
-            );
+            println!("persisted fragment {}", fragments.persisted.last().unwrap());
         }
         match msg.view() {
             gst::MessageView::Eos(_) => {
@@ -163,14 +160,21 @@ fn main() {
                 break;
             }
             gst::MessageView::Error(e) => {
-                problems.push(format!("error: {} ({})", e.error(), e.debug().unwrap_or_default()));
+                problems.push(format!(
+                    "error: {} ({})",
+                    e.error(),
+                    e.debug().unwrap_or_default()
+                ));
                 break;
             }
             gst::MessageView::Warning(w) => {
                 let line = format!("warning: {}", w.error());
                 eprintln!("{line}");
                 // kvssink warns about fragments it could not confirm or had to drop.
-                if msg.src().is_some_and(|s| s == sink.upcast_ref::<gst::Object>()) {
+                if msg
+                    .src()
+                    .is_some_and(|s| s == sink.upcast_ref::<gst::Object>())
+                {
                     problems.push(line);
                 }
             }

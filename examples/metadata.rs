@@ -99,7 +99,8 @@ fn main() {
     let mut eos_sent: Option<Instant> = None;
     let ok = loop {
         let now = Instant::now();
-        let done = support::interrupted() || duration.is_some_and(|d| started.elapsed().as_secs_f64() >= d);
+        let done = support::interrupted()
+            || duration.is_some_and(|d| started.elapsed().as_secs_f64() >= d);
         if done && eos_sent.is_none() {
             pipeline.send_event(gst::event::Eos::new());
             eos_sent = Some(now);

@@ -267,7 +267,8 @@ fn attach_source(cam: &mut Camera, opts: &Options, epoch: Instant) {
             {
                 if let Some(bin) = weak_bin.upgrade() {
                     let s = gst::Structure::new_empty("camera-eos");
-                    let _ = bin.post_message(gst::message::Application::builder(s).src(&bin).build());
+                    let _ =
+                        bin.post_message(gst::message::Application::builder(s).src(&bin).build());
                 }
                 return gst::PadProbeReturn::Drop;
             }
@@ -277,7 +278,9 @@ fn attach_source(cam: &mut Camera, opts: &Options, epoch: Instant) {
 
     let weak_bin = bin.downgrade();
     src.connect_pad_added(move |_, pad| {
-        let Some(bin) = weak_bin.upgrade() else { return };
+        let Some(bin) = weak_bin.upgrade() else {
+            return;
+        };
         let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
         let Some(s) = caps.structure(0) else { return };
         let media = s.get::<&str>("media").unwrap_or("");
@@ -287,7 +290,11 @@ fn attach_source(cam: &mut Camera, opts: &Options, epoch: Instant) {
             ("video", "H265") => ("rtph265depay", "h265parse"),
             _ => return, // audio, metadata, other codecs: left unlinked
         };
-        let ghost = bin.static_pad("src").unwrap().downcast::<gst::GhostPad>().unwrap();
+        let ghost = bin
+            .static_pad("src")
+            .unwrap()
+            .downcast::<gst::GhostPad>()
+            .unwrap();
         if ghost.target().is_some() {
             return; // one video stream per camera
         }
@@ -300,7 +307,9 @@ fn attach_source(cam: &mut Camera, opts: &Options, epoch: Instant) {
         depay.link(&parse).unwrap();
         depay.sync_state_with_parent().unwrap();
         parse.sync_state_with_parent().unwrap();
-        ghost.set_target(Some(&parse.static_pad("src").unwrap())).unwrap();
+        ghost
+            .set_target(Some(&parse.static_pad("src").unwrap()))
+            .unwrap();
         if let Err(e) = pad.link(&depay.static_pad("sink").unwrap()) {
             eprintln!("cannot link the camera's {encoding} stream: {e:?}");
         }

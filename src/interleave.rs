@@ -134,7 +134,13 @@ impl<T> Interleaver<T> {
         self.push_entry(track, dts, true, item)
     }
 
-    fn push_entry(&mut self, track: usize, dts: u64, opening: bool, item: T) -> Result<(), Late<T>> {
+    fn push_entry(
+        &mut self,
+        track: usize,
+        dts: u64,
+        opening: bool,
+        item: T,
+    ) -> Result<(), Late<T>> {
         let t = &mut self.tracks[track];
         t.eos = false;
         t.last_pushed = Some(t.last_pushed.map_or(dts, |l| l.max(dts)));
