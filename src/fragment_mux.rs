@@ -328,7 +328,12 @@ impl StreamMuxer {
             new_config: t.config_to_send.take(),
             block,
         };
-        if let Err(late) = self.interleaver.push(track, stamped.dts, f) {
+        let pushed = if f.key && self.tracks[track].kind == TrackType::Video {
+            self.interleaver.push_opening(track, stamped.dts, f)
+        } else {
+            self.interleaver.push(track, stamped.dts, f)
+        };
+        if let Err(late) = pushed {
             self.stats.dropped_late += 1;
             let t = &mut self.tracks[track];
             // Keep a configuration it carried for the next frame.

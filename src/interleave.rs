@@ -4,7 +4,11 @@
 //! Each track has a FIFO (a track's own frames are never reordered; the timeline guarantees that
 //! their DTS never decreases). The frame with the smallest DTS is released once every other
 //! track either has a frame queued (whose DTS is then not smaller), has already been seen at or
-//! past that DTS, or is at end of stream. Ties keep arrival order.
+//! past that DTS, or is at end of stream. Ties keep arrival order, except that a frame pushed
+//! with [`Interleaver::push_opening`] (a video key frame, which opens a fragment) leaves before
+//! the other tracks' frames of the same DTS: those then belong to the new fragment, instead of
+//! ending the previous one at the new fragment's own timecode (which the service refuses as
+//! FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS; frequent with files, whose timestamps are whole ms).
 //!
 //! ## The stall bound
 //! A track that sends nothing is waited for until the frames queued behind the oldest waiting
@@ -40,6 +44,8 @@ pub const DEFAULT_MAX_WAIT_NS: u64 = 2_000_000_000;
 #[derive(Debug)]
 struct Entry<T> {
     dts: u64,
+    /// Leaves first among equal DTS ([`Interleaver::push_opening`]).
+    opening: bool,
     seq: u64,
     item: T,
 }
@@ -119,6 +125,22 @@ impl<T> Interleaver<T> {
 
     /// Queues a frame. `dts` must not decrease within a track.
     pub fn push(&mut self, track: usize, dts: u64, item: T) -> Result<(), Late<T>> {
+        self.push_entry(track, dts, false, item)
+    }
+
+    /// Queues a frame that opens a fragment (a video key frame): among frames of equal DTS it
+    /// leaves first.
+    pub fn push_opening(&mut self, track: usize, dts: u64, item: T) -> Result<(), Late<T>> {
+        self.push_entry(track, dts, true, item)
+    }
+
+    fn push_entry(
+        &mut self,
+        track: usize,
+        dts: u64,
+        opening: bool,
+        item: T,
+    ) -> Result<(), Late<T>> {
         let t = &mut self.tracks[track];
         t.eos = false;
         t.last_pushed = Some(t.last_pushed.map_or(dts, |l| l.max(dts)));
@@ -140,6 +162,7 @@ impl<T> Interleaver<T> {
         self.seq += 1;
         t.queue.push_back(Entry {
             dts,
+            opening,
             seq: self.seq,
             item,
         });
@@ -166,9 +189,9 @@ impl<T> Interleaver<T> {
         self.tracks
             .iter()
             .enumerate()
-            .filter_map(|(i, t)| t.queue.front().map(|e| (i, e.dts, e.seq)))
-            .min_by_key(|&(_, dts, seq)| (dts, seq))
-            .map(|(i, dts, _)| (i, dts))
+            .filter_map(|(i, t)| t.queue.front().map(|e| (i, e.dts, !e.opening, e.seq)))
+            .min_by_key(|&(_, dts, not_opening, seq)| (dts, not_opening, seq))
+            .map(|(i, dts, _, _)| (i, dts))
     }
 
     /// Whether track `i` (other than `cand`) might still send a frame older than `dts`.
@@ -296,6 +319,25 @@ mod tests {
         il.set_eos(a);
         il.set_eos(v);
         assert_eq!(drain(&mut il), vec![(a, "a0"), (v, "v0")]);
+    }
+
+    /// An audio frame with the DTS of the next video key frame goes after it (into the fragment
+    /// the key frame opens), whatever the arrival order; other ties keep arrival order.
+    #[test]
+    fn a_fragment_opening_frame_leaves_first_among_equal_timestamps() {
+        let mut il = Interleaver::new(DEFAULT_MAX_WAIT_NS);
+        let (v, a) = (il.add_track(), il.add_track());
+        il.push(v, 0, "v0").unwrap();
+        il.push(a, 40 * MS, "a40").unwrap();
+        il.push(a, 80 * MS, "a80").unwrap();
+        il.push(v, 40 * MS, "v40").unwrap();
+        il.push_opening(v, 80 * MS, "key80").unwrap();
+        il.set_eos(a);
+        il.set_eos(v);
+        assert_eq!(
+            drain(&mut il),
+            vec![(v, "v0"), (a, "a40"), (v, "v40"), (v, "key80"), (a, "a80")]
+        );
     }
 
     #[test]

@@ -13,6 +13,8 @@ KVSSINK_RUNTIME_PACKAGES=(
 )
 KVSSINK_TEST_PACKAGES=(
   mkvtoolnix ffmpeg python3-venv
+  # RTSP input tests: rtspsrc, and a Python GstRtspServer as the camera (run with /usr/bin/python3)
+  gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gst-1.0 python3-gi
 )
 
 # ensure_packages PKG...: apt-get installs the packages that are not installed yet.
