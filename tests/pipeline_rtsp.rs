@@ -201,11 +201,10 @@ fn users_rtspsrc_tcp_with_decodebin_and_voaacenc() {
 }
 
 /// A user's line from the reference's documentation, unchanged: depayloaded AVC straight into
-/// kvssink. It is not negotiated: the pad template (the reference's, kept identical) requires
-/// width and height, and rtph264depay's caps carry neither (the C++ element refuses it the same
-/// way on GStreamer 1.22). Kept as a record until the element reads them from the SPS.
+/// kvssink. rtph264depay's caps carry no width and height, which the pad template (the
+/// reference's, kept identical) names; the pads accept caps that intersect the template and the
+/// size comes from the SPS.
 #[test]
-#[ignore = "not-negotiated: rtph264depay caps have no width/height, which the video_%u template requires"]
 fn users_rtspsrc_avc_caps_and_storage_size() {
     let server = RtspServer::start("none", 0);
     let line = "rtspsrc location={url} ! rtph264depay ! video/x-h264,format=avc,alignment=au \

@@ -293,8 +293,9 @@ fn metadata_events_become_fragment_tags() {
         .count();
     assert_eq!(motion, 1, "a one-off tag appears once");
     assert!(
-        fragments.last().unwrap().end_of_fragment,
-        "EOS closes the last fragment"
+        fragments.iter().all(|f| f.end_of_fragment),
+        "every fragment is closed with the end-of-fragment tag as it is sent, so the service \
+         persists it at once rather than when the next one starts"
     );
 }
 

@@ -1129,6 +1129,9 @@ impl ElementImpl for KvsSink {
                     |imp| imp.sink_event(pad, event),
                 )
             })
+            // Caps that leave out what the template narrows (width and height, as from
+            // rtph264depay) are accepted: the size is read from the SPS.
+            .flags(gst::PadFlags::ACCEPT_INTERSECT)
             .build();
         state.pads.push(SinkPad {
             pad: pad.clone(),

@@ -474,8 +474,12 @@ fn client_tls(config: &IotConfig) -> Result<rustls::ClientConfig, IotError> {
         })?;
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    // TLS 1.2, which the IoT credentials endpoint supports: the server checks the client
+    // certificate inside the handshake, so a refused certificate is reported as such. With
+    // TLS 1.3 the refusal comes after the handshake and races the request, and is then seen
+    // as a closed connection.
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(&[&rustls::version::TLS12])
         .map_err(|e| IotError::Tls {
             endpoint: config.endpoint.clone(),
             detail: e.to_string(),

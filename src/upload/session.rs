@@ -1,9 +1,11 @@
 //! One PutMedia session: a chunked request body fed with the session header and then whole
-//! fragments from the store, while a reader task parses the ACKs of the same connection.
+//! fragments from the store, each closed with the end-of-fragment tag (so that it is persisted
+//! at once, not when the next fragment begins), while a reader task parses the ACKs of the same
+//! connection.
 //!
 //! The session ends when the service or the network ends it (`Failed`, then the uploader
 //! reconnects and replays), when the next fragment needs another header or the session is old
-//! (`Rotate`: the body is closed with an end-of-fragment tag and the outstanding ACKs are awaited
+//! (`Rotate`: the body is closed and the outstanding ACKs are awaited
 //! first), or when everything has been persisted after `finish` (`Finished`).
 
 use std::time::{Duration, Instant, SystemTime};
@@ -189,6 +191,7 @@ async fn run_inner(
     let _abort_reader = AbortOnDrop(reader.abort_handle());
 
     let started = Instant::now();
+    let end_of_fragment = end_of_fragment_tags();
     let mut body_tx = Some(body_tx);
     let mut closing_since: Option<Instant> = None;
     let mut rotate = false;
@@ -313,7 +316,14 @@ async fn run_inner(
                     && let Some(f) = store.next_to_send()
                 {
                     tracing::trace!(timecode = f.timecode, bytes = f.len, "sending fragment");
-                    last_closed_stream = f.closes_stream;
+                    // Each fragment is closed at once with the end-of-fragment tag: the
+                    // service persists it now instead of when the next fragment, complete
+                    // only one fragment duration later, starts.
+                    let mut parts = f.parts;
+                    if !f.closes_stream {
+                        parts.push(end_of_fragment.clone());
+                    }
+                    last_closed_stream = true;
                     if !config.fragment_acks {
                         store.on_persisted(f.timecode);
                         shared.freed();
@@ -321,7 +331,7 @@ async fn run_inner(
                         waiting_since = Some(Instant::now());
                     }
                     drop(store);
-                    permit.send(BodyItem { parts: f.parts, timecode: Some(f.timecode) });
+                    permit.send(BodyItem { parts, timecode: Some(f.timecode) });
                 }
             }
             _ = shared.data.notified(), if body_tx.is_some() && !has_next => {}
