@@ -149,6 +149,12 @@ struct MuxTrack {
     needs_key: bool,
     eos: bool,
     late_warned: bool,
+    /// Video: the PTS of the last key frame. Frames are interleaved by
+    /// `max(DTS, this)`, so that a key frame whose PTS is later than its DTS (B-frames) leaves
+    /// only after the other tracks' frames that are presented before it: those belong to the
+    /// fragment it closes, and a fragment never holds a frame presented before the previous
+    /// fragment's last one.
+    order_floor: u64,
 }
 
 /// One KVS stream's media path. See the module docs for the call order.
@@ -205,6 +211,7 @@ impl StreamMuxer {
             needs_key: false,
             eos: false,
             late_warned: false,
+            order_floor: 0,
         });
         Ok(idx)
     }
@@ -328,8 +335,20 @@ impl StreamMuxer {
             new_config: t.config_to_send.take(),
             block,
         };
-        let pushed = if f.key && self.tracks[track].kind == TrackType::Video {
-            self.interleaver.push_opening(track, stamped.dts, f)
+        let t = &mut self.tracks[track];
+        let pushed = if t.kind == TrackType::Video {
+            if f.discontinuity {
+                t.order_floor = 0;
+            }
+            if f.key {
+                t.order_floor = t.order_floor.max(stamped.pts);
+            }
+            let order = stamped.dts.max(t.order_floor);
+            if f.key {
+                self.interleaver.push_opening(track, order, f)
+            } else {
+                self.interleaver.push(track, order, f)
+            }
         } else {
             self.interleaver.push(track, stamped.dts, f)
         };
