@@ -300,6 +300,21 @@ impl Drop for Uploader {
 
 /// Sleeps `delay`, ending early on cancel or when the finish deadline passes.
 /// Returns false when the task must end.
+/// Reports `error` as retried after the next backoff delay and waits that long; false when the
+/// uploader must stop instead (cancelled, or the finish deadline passed).
+async fn back_off(
+    backoff: &mut Backoff,
+    shared: &Shared,
+    events: &EventSink,
+    why: &str,
+    error: String,
+) -> bool {
+    let delay = backoff.next_delay();
+    tracing::warn!(%error, ?delay, "{why}, retrying");
+    events(UploadEvent::Retrying { error, delay });
+    pause(shared, delay).await && !finish_if_due(shared, events)
+}
+
 async fn pause(shared: &Shared, delay: Duration) -> bool {
     let until = Instant::now() + delay;
     let until = match shared.finish_deadline() {
@@ -404,13 +419,8 @@ async fn run(shared: Arc<Shared>, config: UploadConfig, events: EventSink) {
                 });
                 return;
             }
-            let delay = backoff.next_delay();
-            tracing::warn!(error = %e, ?delay, "getting credentials failed, retrying");
-            events(UploadEvent::Retrying {
-                error: e.to_string(),
-                delay,
-            });
-            if !pause(&shared, delay).await || finish_if_due(&shared, &events) {
+            let why = "getting credentials failed";
+            if !back_off(&mut backoff, &shared, &events, why, e.to_string()).await {
                 return;
             }
             continue;
@@ -442,13 +452,8 @@ async fn run(shared: Arc<Shared>, config: UploadConfig, events: EventSink) {
                             && config.credentials.source().refreshable() =>
                     {
                         config.credentials.invalidate();
-                        let delay = backoff.next_delay();
-                        tracing::warn!(error = %e, ?delay, "the credentials expired, fetching new ones");
-                        events(UploadEvent::Retrying {
-                            error: e.to_string(),
-                            delay,
-                        });
-                        if !pause(&shared, delay).await || finish_if_due(&shared, &events) {
+                        let why = "the credentials expired, fetching new ones";
+                        if !back_off(&mut backoff, &shared, &events, why, e.to_string()).await {
                             return;
                         }
                         continue;
@@ -474,13 +479,8 @@ async fn run(shared: Arc<Shared>, config: UploadConfig, events: EventSink) {
                         return;
                     }
                     Err(e) => {
-                        let delay = backoff.next_delay();
-                        tracing::warn!(error = %e, ?delay, "control plane call failed, retrying");
-                        events(UploadEvent::Retrying {
-                            error: e.to_string(),
-                            delay,
-                        });
-                        if !pause(&shared, delay).await || finish_if_due(&shared, &events) {
+                        let why = "control plane call failed";
+                        if !back_off(&mut backoff, &shared, &events, why, e.to_string()).await {
                             return;
                         }
                         continue;
