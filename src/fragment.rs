@@ -308,6 +308,8 @@ pub struct Fragmenter {
     open: Option<OpenFragment>,
     spare_blocks: Vec<Block>,
     prev_base_units: Option<u64>,
+    /// The latest timecode (units) of a frame of the previous fragment.
+    prev_last_units: Option<u64>,
     sequence: u64,
     discontinuity_pending: bool,
     last_video_dts: Option<u64>,
@@ -360,6 +362,7 @@ impl Fragmenter {
             open: None,
             spare_blocks: Vec::new(),
             prev_base_units: None,
+            prev_last_units: None,
             sequence: 0,
             discontinuity_pending: false,
             last_video_dts: None,
@@ -699,8 +702,19 @@ impl Fragmenter {
                 prev + 1
             );
             base = prev + 1;
+        } else if self.prev_last_units == Some(base) {
+            // A frame of another track in the same timecode unit as this key frame, before it,
+            // ended the previous fragment: the service wants every frame of a fragment after
+            // the previous fragment's last one (4004), so this one moves up by the unit.
+            self.stats.timecodes_raised += 1;
+            tracing::debug!(
+                "fragment {}: starts in the unit of the previous fragment's last frame; raised by one",
+                self.sequence
+            );
+            base += 1;
         }
         self.prev_base_units = Some(base);
+        self.prev_last_units = Some(open.max_units.max(base));
         let timecode = self.timecodes.cluster_timecode(base);
         put_cluster_start(&mut &mut open.head[open.tags_len..], timecode);
 
@@ -951,6 +965,40 @@ mod tests {
         let at = head.len() - CLUSTER_START_LEN;
         assert_eq!(&head[at..at + 5], &[0x1F, 0x43, 0xB6, 0x75, 0xFF]);
         u64::from_be_bytes(head[at + 7..at + 15].try_into().unwrap())
+    }
+
+    /// Audio 0.3 ms before a key frame, in the same millisecond: it ends the previous fragment,
+    /// and the next fragment moves up one unit so that it starts after it (the service's 4004).
+    #[test]
+    fn a_fragment_starts_after_the_previous_fragments_last_frame() {
+        let mut f = Feeder::new(
+            FragmenterConfig::default(),
+            &[TrackType::Video, TrackType::Audio],
+        );
+        f.push(0, T0, T0, true, b"k1");
+        f.push(1, T0 + 10 * MS, T0 + 10 * MS, true, b"a1");
+        let key2 = T0 + 1000 * MS + 700_000;
+        f.push(1, key2 - 300_000, key2 - 300_000, true, b"a2");
+        f.push(0, key2, key2, true, b"k2");
+        f.push(1, key2 + 40 * MS, key2 + 40 * MS, true, b"a3");
+        f.fr.finish(&mut f.out);
+        let frags: Vec<Fragment> = f.out.drain(..).collect();
+        assert_eq!(frags.len(), 2);
+        let last_of_first = frags[0].timecode + blocks(&frags[0]).last().unwrap().1 as u64;
+        assert_eq!(
+            last_of_first,
+            T0 / MS + 1000,
+            "a2, in the key frame's millisecond"
+        );
+        assert_eq!(frags[1].timecode, T0 / MS + 1001, "raised by one unit");
+        let b = blocks(&frags[1]);
+        assert_eq!((b[0].1, &b[0].3[..]), (0, &b"k2"[..]));
+        assert_eq!(
+            (b[1].1, &b[1].3[..]),
+            (39, &b"a3"[..]),
+            "others keep their time"
+        );
+        assert_eq!(f.fr.stats().timecodes_raised, 1);
     }
 
     #[test]

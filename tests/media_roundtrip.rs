@@ -83,7 +83,18 @@ fn frames_strategy() -> impl Strategy<Value = (Layout, Vec<InFrame>, bool, u64)>
                         data,
                     }
                 })
-                .collect();
+                .collect::<Vec<InFrame>>();
+            // Closed GOPs, as encoders make them: no frame is shown after the next key frame
+            // (else the service refuses the next fragment, 4004).
+            let mut frames = frames;
+            let mut next_key_pts = None;
+            for f in frames.iter_mut().rev().filter(|f| f.kind == 0) {
+                if f.key {
+                    next_key_pts = Some(f.pts_ms);
+                } else if let Some(k) = next_key_pts {
+                    f.pts_ms = f.pts_ms.min(k - 1).max(f.dts_ms);
+                }
+            }
             (layout, frames, kff, frag_ms)
         })
 }
