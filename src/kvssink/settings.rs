@@ -14,6 +14,9 @@ use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::StreamingType;
+pub use crate::upload::iot::{
+    OPTIONAL_FIELDS as IOT_OPTIONAL_FIELDS, REQUIRED_FIELDS as IOT_REQUIRED_FIELDS,
+};
 
 pub const DEFAULT_STREAM_NAME: &str = "DEFAULT_STREAM";
 /// `user-agent` pspec default; the instance default adds our version, as the reference does.
@@ -72,16 +75,6 @@ pub const MAX_TAG_KEY_LEN: usize = 128;
 pub const MAX_TAG_VALUE_LEN: usize = 256;
 /// `file-start-time` values above this are almost certainly milliseconds (year 5138 in seconds).
 pub const MAX_PLAUSIBLE_FILE_START_TIME_SECONDS: u64 = 100_000_000_000;
-
-pub const IOT_REQUIRED_FIELDS: [&str; 5] = [
-    "endpoint",
-    "cert-path",
-    "key-path",
-    "ca-path",
-    "role-aliases",
-];
-pub const IOT_OPTIONAL_FIELDS: [&str; 3] =
-    ["iot-thing-name", "connection-timeout", "completion-timeout"];
 
 /// The instance default of `user-agent`: our name and version, like the reference's
 /// `AWS-SDK-KVS-CPP-CLIENT/3.6.0`.

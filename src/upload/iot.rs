@@ -29,19 +29,8 @@ use aws_sdk_kinesisvideo::primitives::{DateTime, DateTimeFormat};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-/// The fields of the `iot-certificate` structure, as the reference accepts them (all strings).
-pub const FIELDS: [&str; 8] = [
-    "endpoint",
-    "cert-path",
-    "key-path",
-    "ca-path",
-    "role-aliases",
-    "iot-thing-name",
-    "connection-timeout",
-    "completion-timeout",
-];
-
-/// The fields that must be present and not empty.
+/// The fields of the `iot-certificate` structure that must be present and not empty (all
+/// strings, as the reference accepts them).
 pub const REQUIRED_FIELDS: [&str; 5] = [
     "endpoint",
     "cert-path",
@@ -49,6 +38,10 @@ pub const REQUIRED_FIELDS: [&str; 5] = [
     "ca-path",
     "role-aliases",
 ];
+
+/// The fields it may have besides; any other is refused.
+pub const OPTIONAL_FIELDS: [&str; 3] =
+    ["iot-thing-name", "connection-timeout", "completion-timeout"];
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DEFAULT_COMPLETION_TIMEOUT: Duration = Duration::from_secs(5);
@@ -76,7 +69,7 @@ pub struct IotConfig {
 impl IotConfig {
     /// Reads the `iot-certificate` structure's string fields through `get` (`None`: absent).
     /// The thing name defaults to `stream_name`; the timeouts (strings of seconds) to 3 s and 5 s.
-    /// Unknown keys are the caller's to refuse (see [`FIELDS`]): `get` cannot list them.
+    /// Unknown keys are the caller's to refuse (see [`REQUIRED_FIELDS`] and [`OPTIONAL_FIELDS`]): `get` cannot list them.
     pub fn from_fields(
         get: impl Fn(&str) -> Option<String>,
         stream_name: &str,
