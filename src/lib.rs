@@ -10,6 +10,9 @@ pub mod codec;
 pub mod fragment;
 pub mod fragment_metadata;
 pub mod fragment_mux;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz_api;
 pub mod interleave;
 pub mod kvssink;
 #[cfg(feature = "local-endpoint")]

@@ -50,6 +50,9 @@
 pub mod ack;
 mod control;
 pub mod faults;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz_api;
 pub mod iot;
 pub mod mkv;
 mod model;

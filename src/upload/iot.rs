@@ -594,7 +594,7 @@ fn truncate(s: &str, max: usize) -> String {
     }
 }
 
-fn status_error(config: &IotConfig, status: u16, body: &[u8]) -> IotError {
+pub(crate) fn status_error(config: &IotConfig, status: u16, body: &[u8]) -> IotError {
     let message = service_message(body);
     let lower = message.to_ascii_lowercase();
     match status {

@@ -52,7 +52,8 @@ pub fn read(path: &Path, now: SystemTime) -> Result<FileCredentials, FileError> 
     })
 }
 
-fn parse(text: &str, now: SystemTime) -> Result<FileCredentials, String> {
+/// Parses the text of a credential file.
+pub(crate) fn parse(text: &str, now: SystemTime) -> Result<FileCredentials, String> {
     let words: Vec<&str> = text.split_whitespace().collect();
     match words.as_slice() {
         ["CREDENTIALS", ak, sk] => Ok(FileCredentials {
