@@ -44,7 +44,14 @@ fn skip_scaling_list(r: &mut BitReader<'_>, size: usize) -> Result<(), CodecErro
     let mut next = 8i32;
     for _ in 0..size {
         if next != 0 {
+            // delta_scale: -128..=127 (§7.4.2.1.1.1).
             let delta = r.se()?;
+            if !(-128..=127).contains(&delta) {
+                return Err(CodecError::Invalid {
+                    what: "H.264 SPS",
+                    reason: format!("delta_scale {delta}"),
+                });
+            }
             next = (last + delta + 256).rem_euclid(256);
         }
         if next != 0 {
@@ -52,6 +59,17 @@ fn skip_scaling_list(r: &mut BitReader<'_>, size: usize) -> Result<(), CodecErro
         }
     }
     Ok(())
+}
+
+/// `bit_depth_*_minus8` (0..=6, §7.4.2.1.1) + 8.
+fn bit_depth(r: &mut BitReader<'_>) -> Result<u32, CodecError> {
+    match r.ue()? {
+        m @ 0..=6 => Ok(8 + m),
+        m => Err(CodecError::Invalid {
+            what: "H.264 SPS",
+            reason: format!("bit_depth_minus8 {m}"),
+        }),
+    }
 }
 
 impl Sps {
@@ -91,8 +109,8 @@ impl Sps {
             if chroma_format_idc == 3 {
                 separate_colour_plane = r.bit()?;
             }
-            bit_depth_luma = 8 + r.ue()?;
-            bit_depth_chroma = 8 + r.ue()?;
+            bit_depth_luma = bit_depth(&mut r)?;
+            bit_depth_chroma = bit_depth(&mut r)?;
             r.skip(1)?; // qpprime_y_zero_transform_bypass_flag
             if r.bit()? {
                 let lists = if chroma_format_idc == 3 { 12 } else { 8 };
@@ -308,5 +326,27 @@ mod tests {
         assert!(Avcc::parse(&[1, 66, 0, 30, 0xff, 0xe1, 0, 10, 0x67]).is_err());
         assert!(Sps::parse(&[0x68, 0]).is_err());
         assert!(Sps::parse(&[0x67, 66]).is_err());
+    }
+
+    #[test]
+    fn rejects_a_huge_bit_depth() {
+        // Found by fuzzing (fuzz/fuzz_targets/annexb.rs): bit_depth_luma_minus8 = 2^32 - 2
+        // overflowed `8 + ue` (a panic with overflow checks, a wrong depth without).
+        let sps = hex("67640028a0000003001ffffffff3a014016e80");
+        assert!(matches!(
+            Sps::parse(&sps),
+            Err(CodecError::Invalid { reason, .. }) if reason.contains("bit_depth")
+        ));
+    }
+
+    #[test]
+    fn rejects_a_huge_scaling_list_delta() {
+        // Found by fuzzing (fuzz/fuzz_targets/annexb.rs): delta_scale = 2^31 - 1 overflowed
+        // `last + delta + 256`.
+        let sps = hex("67640028ad8000000300fffffffec0");
+        assert!(matches!(
+            Sps::parse(&sps),
+            Err(CodecError::Invalid { reason, .. }) if reason.contains("delta_scale")
+        ));
     }
 }

@@ -106,8 +106,16 @@ impl Sps {
             t = r.ue()?.into();
             b = r.ue()?.into();
         }
-        let bit_depth_luma = 8 + r.ue()?;
-        let bit_depth_chroma = 8 + r.ue()?;
+        // bit_depth_*_minus8: 0..=8 (§7.4.3.2.1).
+        let mut bit_depth = || match r.ue()? {
+            m @ 0..=8 => Ok(8 + m),
+            m => Err(CodecError::Invalid {
+                what: WHAT,
+                reason: format!("bit_depth_minus8 {m}"),
+            }),
+        };
+        let bit_depth_luma = bit_depth()?;
+        let bit_depth_chroma = bit_depth()?;
         let (sub_w, sub_h) = match (separate_colour_plane, chroma_format_idc) {
             (false, 1) => (2, 2),
             (false, 2) => (2, 1),
@@ -299,5 +307,16 @@ mod tests {
         assert!(matches!(Hvcc::parse(&h), Err(CodecError::Truncated { .. })));
         assert!(Sps::parse(&[0x42, 0x01]).is_err());
         assert!(Sps::parse(&hex(PPS)).is_err());
+    }
+
+    #[test]
+    fn rejects_a_huge_bit_depth() {
+        // Found by fuzzing (fuzz/fuzz_targets/annexb.rs): bit_depth_luma_minus8 = 2^32 - 2
+        // overflowed `8 + ue` (a panic with overflow checks, a wrong depth without).
+        let sps = hex("420101016000000300900000030000030078a003c08010e40000030003ffffffff");
+        assert!(matches!(
+            Sps::parse(&sps),
+            Err(CodecError::Invalid { reason, .. }) if reason.contains("bit_depth")
+        ));
     }
 }
