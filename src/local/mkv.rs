@@ -722,7 +722,15 @@ impl Splitter {
         } else {
             1
         };
-        let ts = cluster_tc as i64 + rel as i64;
+        // A Cluster Timecode beyond i64 (or a block past it) is no timecode the service takes.
+        let Some((cluster_tc, ts)) = i64::try_from(cluster_tc)
+            .ok()
+            .and_then(|tc| Some((tc, tc.checked_add(i64::from(rel))?)))
+        else {
+            return Err(self.invalid(format!(
+                "frame timecode {cluster_tc} {rel:+} is out of range"
+            )));
+        };
         if let Some(prev) = self.prev_last_frame
             && ts <= prev
         {
@@ -746,8 +754,8 @@ impl Splitter {
         if key {
             open.key_frames += 1;
         }
-        let start = first.min(cluster_tc as i64);
-        if last - start > max_units {
+        let start = first.min(cluster_tc);
+        if last.saturating_sub(start) > max_units {
             return Err(self.error(
                 RuleKind::MaxFragmentDuration,
                 format!(
@@ -915,16 +923,25 @@ fn parse_track(b: &[u8]) -> Result<TrackInfo, String> {
     Ok(t)
 }
 
+/// SimpleTags nested deeper than this are refused (the recursion would otherwise let a body of a
+/// few hundred KB overflow the stack of the task reading it).
+const MAX_SIMPLE_TAG_DEPTH: usize = 16;
+
 /// Every SimpleTag (nested ones too) of a Tags body, as (TagName, TagString).
 fn parse_tags(b: &[u8]) -> Result<Vec<(String, String)>, String> {
-    fn simple(b: &[u8], out: &mut Vec<(String, String)>) -> Result<(), String> {
+    fn simple(b: &[u8], out: &mut Vec<(String, String)>, depth: usize) -> Result<(), String> {
+        if depth > MAX_SIMPLE_TAG_DEPTH {
+            return Err(format!(
+                "SimpleTags nested deeper than {MAX_SIMPLE_TAG_DEPTH}"
+            ));
+        }
         let mut name = None;
         let mut value = String::new();
         for (id, data) in children(b)? {
             match id {
                 ids::TAG_NAME => name = Some(read_string(data)),
                 ids::TAG_STRING => value = read_string(data),
-                ids::SIMPLE_TAG => simple(data, out)?,
+                ids::SIMPLE_TAG => simple(data, out, depth + 1)?,
                 _ => {}
             }
         }
@@ -940,7 +957,7 @@ fn parse_tags(b: &[u8]) -> Result<Vec<(String, String)>, String> {
         }
         for (id, data) in children(tag)? {
             if id == ids::SIMPLE_TAG {
-                simple(data, &mut out)?;
+                simple(data, &mut out, 1)?;
             }
         }
     }
@@ -1055,5 +1072,67 @@ mod tests {
         assert_eq!(e.fragment_timecode, Some(1_703_120_844_149));
         let (_, r) = split(b"GET / HTTP/1.1\r\n", &mut || 3);
         assert_eq!(r.unwrap_err().kind, RuleKind::InvalidMkv);
+    }
+
+    #[test]
+    fn frame_timecodes_beyond_i64_are_invalid_mkv() {
+        // Found with the fuzz target's harness (fuzz/fuzz_targets/local_mkv.rs): a Cluster
+        // Timecode near or above i64::MAX overflowed `cluster + relative` (a panic with overflow
+        // checks, a wrapped timecode without).
+        let header = &media("kvs-cpp-test-stream-1_0.mkv")[..277];
+        let block = |rel: i16| {
+            let mut b = vec![0xA3, 0x85, 0x81];
+            b.extend_from_slice(&rel.to_be_bytes());
+            b.extend_from_slice(&[0x80, b'x']);
+            b
+        };
+        for (timecode, rel) in [(i64::MAX as u64, 1), (1 << 63, -1), (u64::MAX, 0)] {
+            let mut body = header.to_vec();
+            crate::mkv::cluster::put_cluster_start(&mut body, timecode);
+            body.extend(block(rel));
+            let (_, r) = split(&body, &mut || usize::MAX);
+            let e = r.unwrap_err();
+            assert_eq!(e.kind, RuleKind::InvalidMkv, "{timecode} {rel}");
+            assert!(e.detail.contains("out of range"), "{}", e.detail);
+        }
+        // The largest timecode that fits is still taken.
+        let mut body = header.to_vec();
+        crate::mkv::cluster::put_cluster_start(&mut body, i64::MAX as u64 - 1);
+        body.extend(block(1));
+        let (events, r) = split(&body, &mut || usize::MAX);
+        r.unwrap();
+        assert_eq!(fragments(&events).len(), 1);
+    }
+
+    #[test]
+    fn deeply_nested_simple_tags_are_invalid_mkv() {
+        // Found with the fuzz target's harness (fuzz/fuzz_targets/local_mkv.rs): 200 000 nested
+        // SimpleTags (a 2 MB Tags element, under the 4 MiB limit) overflowed the stack.
+        let nested = |depth: usize| {
+            let size8 = |n: usize| ((1u64 << 56) | n as u64).to_be_bytes();
+            // TagName "n" in `depth` SimpleTags, in a Tag, in Tags (all sizes 8 bytes wide).
+            let simple_len = |level: usize| 10 * level + 10 + 1;
+            let mut body = media("kvs-cpp-test-stream-1_0.mkv")[..277].to_vec();
+            body.extend([0x12, 0x54, 0xC3, 0x67]);
+            body.extend(size8(simple_len(depth) + 10));
+            body.extend([0x73, 0x73]);
+            body.extend(size8(simple_len(depth)));
+            for level in (1..=depth).rev() {
+                body.extend([0x67, 0xC8]);
+                body.extend(size8(simple_len(level) - 10));
+            }
+            body.extend([0x45, 0xA3]);
+            body.extend(size8(1));
+            body.push(b'n');
+            body
+        };
+        let (_, r) = split(&nested(200_000), &mut || 65_536);
+        let e = r.unwrap_err();
+        assert_eq!(e.kind, RuleKind::InvalidMkv);
+        assert!(e.detail.contains("nested deeper"), "{}", e.detail);
+        // A few levels are fine.
+        let mut s = Splitter::new(Limits::default());
+        s.push(&nested(MAX_SIMPLE_TAG_DEPTH), &mut Vec::new())
+            .unwrap();
     }
 }
