@@ -395,7 +395,7 @@ fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         if bytes[i] == b'%'
             && i + 2 < bytes.len()
-            && let Some(v) = decode_hex(&s[i + 1..i + 3])
+            && let Some(v) = s.get(i + 1..i + 3).and_then(decode_hex)
         {
             out.push(v[0]);
             i += 3;
@@ -522,5 +522,15 @@ mod tests {
             parse_authorization("AWS4-HMAC-SHA256 SignedHeaders=host"),
             Err(AuthError::Incomplete(_))
         ));
+    }
+
+    #[test]
+    fn percent_sign_before_non_ascii_in_the_query() {
+        // Found by fuzzing (fuzz/fuzz_targets/local_sigv4.rs): hyper accepts non-ASCII bytes in
+        // the query, and `%` followed by one ('%aé', '%é') sliced a str inside a character,
+        // panicking the request handler.
+        assert_eq!(canonical_query("%a\u{e9}=1"), "%25a%C3%A9=1");
+        assert_eq!(canonical_query("a=%\u{e9}x"), "a=%25%C3%A9x");
+        assert_eq!(canonical_query("a=%41%zz"), "a=A%25zz");
     }
 }
