@@ -195,10 +195,16 @@ impl Sps {
     }
 }
 
-/// The id of a PPS NAL unit (`pic_parameter_set_id`).
+/// The id of a PPS NAL unit (`pic_parameter_set_id`, 0..=255).
 pub fn pps_id(nal: &[u8]) -> Result<u32, CodecError> {
     let data = rbsp(nal.get(1..).unwrap_or_default());
-    BitReader::new(&data, "H.264 PPS").ue()
+    match BitReader::new(&data, "H.264 PPS").ue()? {
+        id @ 0..=255 => Ok(id),
+        id => Err(CodecError::Invalid {
+            what: "H.264 PPS",
+            reason: format!("pic_parameter_set_id {id} > 255"),
+        }),
+    }
 }
 
 /// An avcC record (AVCDecoderConfigurationRecord), borrowing its parameter sets.
@@ -253,9 +259,14 @@ impl<'a> Avcc<'a> {
 }
 
 /// Builds an avcC (4-byte NAL lengths) from SPS and PPS NAL units; profile and level come from
-/// `first` (the parsed first SPS). High profiles get the chroma/bit-depth extension.
+/// `first` (the parsed first SPS). High profiles get the chroma/bit-depth extension. The record
+/// holds at most 31 SPS and 255 PPS of at most 65535 bytes each (its count and length fields);
+/// further ones are left out (they still travel in-band).
 pub fn build_avcc(first: &Sps, sps: &[&[u8]], pps: &[&[u8]]) -> Vec<u8> {
-    let total: usize = sps.iter().chain(pps).map(|n| n.len() + 2).sum();
+    let fits = |n: &&&[u8]| n.len() <= usize::from(u16::MAX);
+    let sps: Vec<&[u8]> = sps.iter().filter(fits).take(31).copied().collect();
+    let pps: Vec<&[u8]> = pps.iter().filter(fits).take(255).copied().collect();
+    let total: usize = sps.iter().chain(&pps).map(|n| n.len() + 2).sum();
     let mut v = Vec::with_capacity(11 + total);
     v.extend_from_slice(&[
         1,
@@ -265,12 +276,12 @@ pub fn build_avcc(first: &Sps, sps: &[&[u8]], pps: &[&[u8]]) -> Vec<u8> {
         0xFC | 3,
         0xE0 | (sps.len() as u8 & 0x1F),
     ]);
-    for s in sps {
+    for s in &sps {
         v.extend_from_slice(&(s.len() as u16).to_be_bytes());
         v.extend_from_slice(s);
     }
     v.push(pps.len() as u8);
-    for p in pps {
+    for p in &pps {
         v.extend_from_slice(&(p.len() as u16).to_be_bytes());
         v.extend_from_slice(p);
     }
@@ -337,6 +348,27 @@ mod tests {
             Sps::parse(&sps),
             Err(CodecError::Invalid { reason, .. }) if reason.contains("bit_depth")
         ));
+    }
+
+    #[test]
+    fn avcc_count_fields_do_not_wrap() {
+        // Found with the fuzz target annexb's round-trip check: 32 SPS ids made the 5-bit SPS
+        // count 0 and 256 PPS ids the 8-bit PPS count 0 (a corrupt avcC); PPS ids were unbounded.
+        let sps_nal = hex("67640028acd940780227e5c05a808080a0000003002000000791e30632c0");
+        let sps = Sps::parse(&sps_nal).unwrap();
+        let pps_nal = [0x68, 0xeb, 0xec, 0xb2, 0x2c];
+        let big = vec![0x68; 70_000];
+        let many_sps = vec![&sps_nal[..]; 32];
+        let mut many_pps = vec![&pps_nal[..]; 256];
+        many_pps.insert(0, &big);
+        let avcc = build_avcc(&sps, &many_sps, &many_pps);
+        let back = Avcc::parse(&avcc).unwrap();
+        assert_eq!((back.sps.len(), back.pps.len()), (31, 255));
+        assert_eq!(build_avcc(&sps, &back.sps, &back.pps), avcc);
+        // ue(256) = 00000000 100000001, then the stop bit.
+        assert!(pps_id(&[0x68, 0x00, 0x80, 0xC0]).is_err());
+        assert_eq!(pps_id(&[0x68, 0x00, 0x80, 0x40]).unwrap(), 255);
+        assert_eq!(pps_id(&[0x68, 0x80]).unwrap(), 0);
     }
 
     #[test]

@@ -163,10 +163,16 @@ pub fn vps_id(nal: &[u8]) -> Result<u32, CodecError> {
         .ok_or(CodecError::Truncated { what: "H.265 VPS" })
 }
 
-/// The id of a PPS NAL unit.
+/// The id of a PPS NAL unit (`pps_pic_parameter_set_id`, 0..=63).
 pub fn pps_id(nal: &[u8]) -> Result<u32, CodecError> {
     let data = rbsp(nal.get(2..).unwrap_or_default());
-    BitReader::new(&data, "H.265 PPS").ue()
+    match BitReader::new(&data, "H.265 PPS").ue()? {
+        id @ 0..=63 => Ok(id),
+        id => Err(CodecError::Invalid {
+            what: "H.265 PPS",
+            reason: format!("pps_pic_parameter_set_id {id} > 63"),
+        }),
+    }
 }
 
 /// An hvcC record (HEVCDecoderConfigurationRecord), borrowing its NAL units.
@@ -221,8 +227,14 @@ impl<'a> Hvcc<'a> {
 }
 
 /// Builds an hvcC (4-byte NAL lengths, complete arrays of VPS, SPS and PPS) from in-band
-/// parameter sets; the header fields come from `first` (the parsed first SPS).
+/// parameter sets; the header fields come from `first` (the parsed first SPS). NAL units longer
+/// than 65535 bytes (the length field) are left out (they still travel in-band).
 pub fn build_hvcc(first: &Sps, vps: &[&[u8]], sps: &[&[u8]], pps: &[&[u8]]) -> Vec<u8> {
+    let fits = |n: &&&[u8]| n.len() <= usize::from(u16::MAX);
+    let vps: Vec<&[u8]> = vps.iter().filter(fits).copied().collect();
+    let sps: Vec<&[u8]> = sps.iter().filter(fits).copied().collect();
+    let pps: Vec<&[u8]> = pps.iter().filter(fits).copied().collect();
+    let (vps, sps, pps) = (&vps[..], &sps[..], &pps[..]);
     let total: usize = vps.iter().chain(sps).chain(pps).map(|n| n.len() + 2).sum();
     let mut v = Vec::with_capacity(23 + 9 + total);
     v.push(1);
