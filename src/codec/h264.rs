@@ -341,8 +341,9 @@ mod tests {
 
     #[test]
     fn rejects_a_huge_bit_depth() {
-        // Found by fuzzing (fuzz/fuzz_targets/annexb.rs): bit_depth_luma_minus8 = 2^32 - 2
-        // overflowed `8 + ue` (a panic with overflow checks, a wrong depth without).
+        // Fuzzing found this in the H.265 SPS (fuzz/fuzz_targets/annexb.rs); the same `8 + ue`
+        // was here: bit_depth_luma_minus8 = 2^32 - 2 overflowed (a panic with overflow checks,
+        // a wrong depth without).
         let sps = hex("67640028a0000003001ffffffff3a014016e80");
         assert!(matches!(
             Sps::parse(&sps),
@@ -352,8 +353,8 @@ mod tests {
 
     #[test]
     fn avcc_count_fields_do_not_wrap() {
-        // Found with the fuzz target annexb's round-trip check: 32 SPS ids made the 5-bit SPS
-        // count 0 and 256 PPS ids the 8-bit PPS count 0 (a corrupt avcC); PPS ids were unbounded.
+        // Found by a crafted input (32 SPS ids) through the fuzz target annexb's checks: 32 SPS
+        // ids made the 5-bit SPS count 0 and 256 PPS ids the 8-bit PPS count 0 (a corrupt avcC); PPS ids were unbounded.
         let sps_nal = hex("67640028acd940780227e5c05a808080a0000003002000000791e30632c0");
         let sps = Sps::parse(&sps_nal).unwrap();
         let pps_nal = [0x68, 0xeb, 0xec, 0xb2, 0x2c];
@@ -373,7 +374,7 @@ mod tests {
 
     #[test]
     fn rejects_a_huge_scaling_list_delta() {
-        // Found by fuzzing (fuzz/fuzz_targets/annexb.rs): delta_scale = 2^31 - 1 overflowed
+        // Found by fuzzing (fuzz targets annexb and codec_config): delta_scale = 2^31 - 1 overflowed
         // `last + delta + 256`.
         let sps = hex("67640028ad8000000300fffffffec0");
         assert!(matches!(

@@ -526,7 +526,7 @@ mod tests {
 
     #[test]
     fn percent_sign_before_non_ascii_in_the_query() {
-        // Found by fuzzing (fuzz/fuzz_targets/local_sigv4.rs): hyper accepts non-ASCII bytes in
+        // Found by a crafted input through the fuzz target local_sigv4: hyper accepts non-ASCII bytes in
         // the query, and `%` followed by one ('%aé', '%é') sliced a str inside a character,
         // panicking the request handler.
         assert_eq!(canonical_query("%a\u{e9}=1"), "%25a%C3%A9=1");
