@@ -4,7 +4,8 @@
 //! `[len u16 LE][bytes]`.
 //! Checks: no panic; the output is exactly the NAL units of the input (AUDs dropped), each with
 //! a 4-byte length, within `max_converted_len`; a CodecPrivate built from in-band parameter sets
-//! is accepted by the caps path (avcC/hvcC parser) with the same picture size.
+//! is accepted by the caps path (avcC/hvcC parser) with the same picture size and reads back as
+//! itself.
 #![no_main]
 
 use gst_plugin_kvssink_fuzz::frames;
@@ -75,6 +76,24 @@ fuzz_target!(|data: &[u8]| {
             .expect("the caps path refuses a CodecPrivate built from in-band parameter sets");
             assert_eq!(again.video, cfg.video);
             assert_eq!(again.codec_private, cfg.codec_private);
+            // The record reads back as itself: no count or length field wrapped.
+            let cpd = &cfg.codec_private[..];
+            let rebuilt = match codec {
+                VideoCodec::H264 => {
+                    let a = h264::Avcc::parse(cpd).unwrap();
+                    h264::build_avcc(&h264::Sps::parse(a.sps[0]).unwrap(), &a.sps, &a.pps)
+                }
+                VideoCodec::H265 => {
+                    let h = h265::Hvcc::parse(cpd).unwrap();
+                    let of = |t| h.nals_of_type(t).collect::<Vec<_>>();
+                    let (v, s, p) = (of(h265::NAL_VPS), of(h265::NAL_SPS), of(h265::NAL_PPS));
+                    h265::build_hvcc(&h265::Sps::parse(s[0]).unwrap(), &v, &s, &p)
+                }
+            };
+            assert_eq!(
+                rebuilt, cpd,
+                "the CodecPrivate does not read back as itself"
+            );
         }
     }
 });
