@@ -551,9 +551,9 @@ mod tests {
             picks in proptest::collection::vec(0usize..TRACKS, 1..400),
         ) {
             let mut il = Interleaver::new(Wait::UntilData, DEFAULT_MAX_QUEUED_BYTES);
-            for t in 0..TRACKS {
-                il.add_track();
-                if lens[t] == 0 { il.set_ended(t); }
+            for &len in &lens {
+                let t = il.add_track();
+                if len == 0 { il.set_ended(t); }
             }
             // Frame k of track t: DTS = sum of its steps (in 10 ms units).
             let dts = |t: usize, k: usize| -> u64 {
@@ -579,9 +579,9 @@ mod tests {
             out.extend(std::iter::from_fn(|| il.pop(0)));
             prop_assert_eq!(out.len(), lens.iter().sum::<usize>());
             prop_assert!(out.windows(2).all(|w| w[0].1.0 <= w[1].1.0));
-            for t in 0..TRACKS {
+            for (t, &len) in lens.iter().enumerate() {
                 let ks: Vec<usize> = out.iter().filter(|o| o.0 == t).map(|o| o.1.2).collect();
-                prop_assert_eq!(ks, (0..lens[t]).collect::<Vec<_>>());
+                prop_assert_eq!(ks, (0..len).collect::<Vec<_>>());
             }
             prop_assert_eq!(il.stats(), InterleaveStats::default());
         }
