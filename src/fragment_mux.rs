@@ -126,14 +126,33 @@ pub struct MuxStats {
 }
 
 impl MuxStats {
+    /// Every frame dropped, per reason (what a user reads in the warning).
+    pub fn drops(&self) -> [(&'static str, u64); 6] {
+        [
+            ("not usable (invalid data or no caps)", self.dropped_invalid),
+            (
+                "before the first SPS/PPS of a byte-stream",
+                self.dropped_no_config,
+            ),
+            (
+                "older than frames already sent (a track was silent past the live wait bound)",
+                self.dropped_late,
+            ),
+            (
+                "after a dropped video frame, until the next key frame",
+                self.dropped_until_key,
+            ),
+            ("queued when a flush came", self.dropped_flush),
+            (
+                "audio before the first video key frame",
+                self.fragmenter.dropped_before_key,
+            ),
+        ]
+    }
+
     /// Every frame dropped for any reason.
     pub fn dropped(&self) -> u64 {
-        self.dropped_invalid
-            + self.dropped_no_config
-            + self.dropped_late
-            + self.dropped_until_key
-            + self.dropped_flush
-            + self.fragmenter.dropped_before_key
+        self.drops().iter().map(|(_, n)| n).sum()
     }
 }
 

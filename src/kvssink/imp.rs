@@ -412,29 +412,34 @@ impl KvsSink {
         }
     }
 
-    /// Warns once per new kind of media-path drop; every drop is counted in the core's stats.
+    /// Every frame the media path drops is counted in the core's stats; the first drop of each
+    /// reason is a warning naming it, later ones are logged.
     fn report_media_drops(&self, stream: &mut Stream) {
-        let dropped = stream.muxer.stats().dropped();
-        if dropped > stream.reported_drops {
-            if stream.reported_drops == 0 {
+        let now = stream.muxer.stats();
+        if now.dropped() == stream.reported_drops.dropped() {
+            return;
+        }
+        let before = stream.reported_drops.drops();
+        for (i, (reason, n)) in now.drops().into_iter().enumerate() {
+            let was = before[i].1;
+            if n == was {
+                continue;
+            }
+            if was == 0 {
                 gst::element_imp_warning!(
                     self,
                     gst::StreamError::Format,
                     (
-                        "kvssink dropped {} frame(s) it could not place in the stream (late, before a key frame or invalid); GST_DEBUG=kvssink-media:4 shows each",
-                        dropped
+                        "kvssink dropped {} frame(s): {}; GST_DEBUG=kvssink-media:4 shows each",
+                        n,
+                        reason
                     )
                 );
             } else {
-                gst::debug!(
-                    CAT,
-                    imp = self,
-                    "{} frames dropped by the media path so far",
-                    dropped
-                );
+                gst::debug!(CAT, imp = self, "{} frame(s) dropped so far: {}", n, reason);
             }
-            stream.reported_drops = dropped;
         }
+        stream.reported_drops = now;
     }
 
     /// Moves completed fragments to the uploader (starting it if needed); releases `state`.

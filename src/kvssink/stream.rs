@@ -15,7 +15,7 @@ use super::StreamingType;
 use super::settings::{Effective, Settings};
 use crate::fragment::Fragment;
 use crate::fragment::FragmenterConfig;
-use crate::fragment_mux::{MuxerConfig, StreamMuxer, write_fragment};
+use crate::fragment_mux::{MuxStats, MuxerConfig, StreamMuxer, write_fragment};
 use crate::store::{FragmentStore, Limits, Mode, StoredFragment};
 use crate::timeline::{SystemClock, TimelineConfig};
 use crate::upload::control::{ControlConfig, StreamSpec, endpoint_from_env};
@@ -167,8 +167,8 @@ pub struct Stream {
     pub muxer: StreamMuxer,
     dump: Option<(PathBuf, File, bool)>,
     pub uploader: Option<Arc<Uploader>>,
-    /// Dropped-frame count already reported.
-    pub reported_drops: u64,
+    /// Media-path drops already reported.
+    pub reported_drops: MuxStats,
     pub fragments_out: u64,
 }
 
@@ -180,7 +180,7 @@ impl Stream {
             muxer,
             dump: None,
             uploader: None,
-            reported_drops: 0,
+            reported_drops: MuxStats::default(),
             fragments_out: 0,
         }
     }
