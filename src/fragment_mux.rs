@@ -103,7 +103,16 @@ pub enum MuxError {
     Codec { track: usize, source: CodecError },
     #[error("track {0}: caps of a video codec on an audio track or vice versa")]
     WrongKind(usize),
+    #[error("track {0}: an empty buffer (no frame data)")]
+    Empty(usize),
+    #[error(
+        "track {track}: a frame of {bytes} bytes is larger than the service's maximum fragment size ({MAX_FRAME_BYTES} bytes, MAX_FRAGMENT_SIZE_REACHED); check the encoder's bitrate settings"
+    )]
+    TooLarge { track: usize, bytes: usize },
 }
+
+/// No fragment may exceed this (the service's limit, ErrorId 4001), so no frame may either.
+pub const MAX_FRAME_BYTES: usize = 50 * 1024 * 1024;
 
 /// Counters of the whole media path (what was dropped and what was repaired).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -299,6 +308,19 @@ impl StreamMuxer {
             self.stats.dropped_invalid += 1;
             return Err(MuxError::NoCaps(track));
         };
+        if frame.data.is_empty() {
+            self.stats.dropped_invalid += 1;
+            return Err(MuxError::Empty(track));
+        }
+        if frame.data.len() > MAX_FRAME_BYTES {
+            self.stats.dropped_invalid += 1;
+            // Later frames of the GOP refer to it.
+            t.needs_key = t.kind == TrackType::Video;
+            return Err(MuxError::TooLarge {
+                track,
+                bytes: frame.data.len(),
+            });
+        }
         let stamped = self.timeline.stamp(
             track,
             RawTimes {
@@ -656,6 +678,28 @@ mod tests {
         frags.extend(collect(&mut m));
         let video: u32 = frags.iter().map(|f| f.frame_counts[v]).sum();
         assert_eq!(video, 250);
+    }
+
+    #[test]
+    fn empty_and_oversized_frames_are_refused_and_video_resumes_at_a_key_frame() {
+        let mut m = StreamMuxer::new(MuxerConfig::default(), Box::new(ManualClock::at(EPOCH)));
+        let v = m.add_track(TrackType::Video, "v").unwrap();
+        m.set_input(v, TrackInput::Configured(h264())).unwrap();
+        let big = vec![7u8; MAX_FRAME_BYTES + 1];
+        m.push(v, frame(0, true, &[1; 10])).unwrap();
+        assert_eq!(m.push(v, frame(40, false, &[])), Err(MuxError::Empty(v)));
+        m.push(v, frame(80, false, &[1; 10])).unwrap();
+        let e = m.push(v, frame(120, false, &big)).unwrap_err();
+        assert!(e.to_string().contains("maximum fragment size"), "{e}");
+        m.push(v, frame(160, false, &[1; 10])).unwrap();
+        m.push(v, frame(200, true, &[1; 10])).unwrap();
+        m.push(v, frame(240, false, &[1; 10])).unwrap();
+        m.finish();
+        let frags = collect(&mut m);
+        let stored: u32 = frags.iter().map(|f| f.frames()).sum();
+        assert_eq!(stored, 4, "0, 80, then from the key frame at 200");
+        let st = m.stats();
+        assert_eq!((st.dropped_invalid, st.dropped_until_key), (2, 1));
     }
 
     #[test]

@@ -239,15 +239,21 @@ impl KvsSink {
         });
         drop(map);
         if let Err(e) = result {
-            gst::element_imp_warning!(
-                self,
-                gst::StreamError::Decode,
-                (
-                    "A frame on {} could not be used and was dropped: {}",
-                    pad.name(),
-                    e
-                )
-            );
+            let kind = std::mem::discriminant(&e);
+            if stream.warned_errors.contains(&kind) {
+                gst::debug!(CAT, obj = pad, "Frame dropped: {}", e);
+            } else {
+                stream.warned_errors.push(kind);
+                gst::element_imp_warning!(
+                    self,
+                    gst::StreamError::Decode,
+                    (
+                        "A frame on {} could not be used and was dropped: {} (further frames dropped for this reason are logged at debug level)",
+                        pad.name(),
+                        e
+                    )
+                );
+            }
         }
         self.report_media_drops(stream);
         self.core_changed(&state);

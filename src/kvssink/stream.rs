@@ -15,7 +15,7 @@ use super::StreamingType;
 use super::settings::{Effective, Settings};
 use crate::fragment::Fragment;
 use crate::fragment::FragmenterConfig;
-use crate::fragment_mux::{MuxStats, MuxerConfig, StreamMuxer, write_fragment};
+use crate::fragment_mux::{MuxError, MuxStats, MuxerConfig, StreamMuxer, write_fragment};
 use crate::store::{FragmentStore, Limits, Mode, StoredFragment};
 use crate::timeline::{SystemClock, TimelineConfig};
 use crate::upload::control::{ControlConfig, StreamSpec, endpoint_from_env};
@@ -169,6 +169,8 @@ pub struct Stream {
     pub uploader: Option<Arc<Uploader>>,
     /// Media-path drops already reported.
     pub reported_drops: MuxStats,
+    /// Kinds of refused frames already warned about (one warning each).
+    pub warned_errors: Vec<std::mem::Discriminant<MuxError>>,
     pub fragments_out: u64,
 }
 
@@ -181,6 +183,7 @@ impl Stream {
             dump: None,
             uploader: None,
             reported_drops: MuxStats::default(),
+            warned_errors: Vec::new(),
             fragments_out: 0,
         }
     }
