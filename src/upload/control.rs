@@ -184,23 +184,15 @@ where
         }
         _ => {
             let detail = aws_sdk_kinesisvideo::error::DisplayErrorContext(&err).to_string();
-            match untrusted_certificate(&detail) {
+            match super::transport::refusal(&detail) {
                 Some(reason) => ControlError::UntrustedCertificate {
                     operation,
-                    detail: reason.to_owned(),
+                    detail: reason,
                 },
                 None => ControlError::Transport { operation, detail },
             }
         }
     }
-}
-
-/// The reason when a connection failed because the server's certificate could not be verified
-/// (rustls' "invalid peer certificate: …"); retrying cannot help.
-fn untrusted_certificate(detail: &str) -> Option<&str> {
-    let at = detail.find("invalid peer certificate")?;
-    let rest = &detail[at..];
-    Some(rest.split([')', '\n']).next().unwrap_or(rest))
 }
 
 pub struct ControlPlane {

@@ -20,6 +20,7 @@ pub mod control;
 pub mod credentials;
 pub mod iot;
 pub mod putmedia;
+mod sdk_http;
 mod session;
 pub mod transport;
 
