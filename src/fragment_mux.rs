@@ -5,8 +5,9 @@
 //! Per buffer: the [`crate::timeline`] stamps it; its payload is copied once into the fragment
 //! arena (converting Annex-B to length-prefixed NAL units on the way when needed, see
 //! [`crate::codec::annexb`]); the [`crate::interleave`]r orders frames of all tracks; the
-//! [`crate::fragment`]er cuts them into fragments, which the caller takes with
-//! [`StreamMuxer::pop_fragment`].
+//! [`crate::fragment`]er cuts them into fragments, emitted piece by piece as frames are packed;
+//! the caller takes the pieces with [`StreamMuxer::pop_piece`] (or whole fragments with
+//! [`StreamMuxer::pop_fragment`]).
 //!
 //! Nothing here is fatal: a frame that cannot be used is dropped, counted in [`MuxStats`] and
 //! logged (an `Err` from [`StreamMuxer::push`] means "this frame was dropped, post a warning").
@@ -16,7 +17,7 @@
 //! let v = mux.add_track(TrackType::Video, "kinesis_video")?;      // request pads, before data
 //! mux.set_input(v, TrackInput::Configured(TrackConfig::h264(codec_data, w, h)?))?; // caps
 //! mux.push(v, FrameIn { pts, dts, duration, key, data })?;       // each buffer
-//! while let Some(f) = mux.pop_fragment() { store(f) }            // after each call
+//! while let Some(p) = mux.pop_piece() { upload(p) }              // after each call
 //! mux.end_of_stream(v);                                           // EOS per pad
 //! ```
 
@@ -29,7 +30,8 @@ use bytes::{BufMut, Bytes};
 use crate::codec::annexb::{AnnexBConverter, max_converted_len};
 use crate::codec::{CodecError, TrackConfig, TrackType, VideoCodec};
 use crate::fragment::{
-    Arena, Fragment, Fragmenter, FragmenterConfig, FragmenterStats, Frame, TrackError,
+    Arena, Fragment, FragmentAssembler, Fragmenter, FragmenterConfig, FragmenterStats, Frame,
+    Piece, TrackError,
 };
 use crate::fragment_metadata::MetadataError;
 use crate::interleave::{DEFAULT_MAX_WAIT_NS, InterleaveStats, Interleaver};
@@ -130,6 +132,7 @@ impl MuxStats {
             + self.dropped_until_key
             + self.dropped_flush
             + self.fragmenter.dropped_before_key
+            + self.fragmenter.dropped_track_absent
     }
 }
 
@@ -164,7 +167,8 @@ pub struct StreamMuxer {
     fragmenter: Fragmenter,
     arena: Arena,
     tracks: Vec<MuxTrack>,
-    out: VecDeque<Fragment>,
+    out: VecDeque<Piece>,
+    assembler: FragmentAssembler,
     stats: MuxStats,
 }
 
@@ -192,7 +196,8 @@ impl StreamMuxer {
             fragmenter: Fragmenter::new(fragmenter_cfg),
             arena: Arena::new(),
             tracks: Vec::new(),
-            out: VecDeque::with_capacity(4),
+            out: VecDeque::with_capacity(16),
+            assembler: FragmentAssembler::default(),
             stats: MuxStats::default(),
         }
     }
@@ -264,8 +269,8 @@ impl StreamMuxer {
         Ok(())
     }
 
-    /// One buffer of `track`. Fragments that became complete are available from
-    /// [`Self::pop_fragment`] afterwards.
+    /// One buffer of `track`. What it produced is available from [`Self::pop_piece`]
+    /// afterwards.
     pub fn push(&mut self, track: usize, frame: FrameIn<'_>) -> Result<(), MuxError> {
         let t = self
             .tracks
@@ -443,6 +448,23 @@ impl StreamMuxer {
         self.fragmenter.finish(&mut self.out);
     }
 
+    /// No frame arrived for a while (a valve closed, a motion-triggered camera stopped): what is
+    /// queued is written and the open fragment is closed, so that it can be persisted now; the
+    /// next fragment starts at a video key frame. Returns whether a fragment was closed.
+    pub fn close_for_pause(&mut self) -> bool {
+        while let Some((_, f)) = self.interleaver.pop_any() {
+            self.fragmenter.push(f, &mut self.out);
+        }
+        let was_open = self.fragmenter.has_open_fragment();
+        self.fragmenter.close(&mut self.out);
+        was_open
+    }
+
+    /// Whether a fragment is open (started and not closed yet).
+    pub fn has_open_fragment(&self) -> bool {
+        self.fragmenter.has_open_fragment()
+    }
+
     /// FLUSH_STOP: queued frames are dropped (counted), the open fragment is closed as is, and
     /// the next fragment starts at a key frame.
     pub fn flush(&mut self) {
@@ -461,9 +483,20 @@ impl StreamMuxer {
         }
     }
 
-    /// The next completed fragment, in order.
-    pub fn pop_fragment(&mut self) -> Option<Fragment> {
+    /// The next piece of fragment, in order.
+    pub fn pop_piece(&mut self) -> Option<Piece> {
         self.out.pop_front()
+    }
+
+    /// The next completed fragment, in order (joins the pieces; for tools and tests, not to be
+    /// mixed with [`Self::pop_piece`]).
+    pub fn pop_fragment(&mut self) -> Option<Fragment> {
+        while let Some(p) = self.out.pop_front() {
+            if let Some(f) = self.assembler.push(p) {
+                return Some(f);
+            }
+        }
+        None
     }
 
     /// The current session header (EBML, Segment, Info, Tracks), for (re)connects. None before
@@ -564,6 +597,33 @@ mod tests {
         assert!(frags[1].end_of_stream);
         assert_eq!(m.stats().dropped(), 1, "the buffer before caps");
         assert_eq!(m.track_number(v), Some(1));
+    }
+
+    #[test]
+    fn close_for_pause_ends_the_open_fragment_and_the_next_starts_at_a_key_frame() {
+        let clock = ManualClock::at(EPOCH);
+        let mut m = StreamMuxer::new(MuxerConfig::default(), Box::new(clock));
+        let v = m.add_track(TrackType::Video, "v").unwrap();
+        m.set_input(v, TrackInput::Configured(h264())).unwrap();
+        assert!(!m.close_for_pause(), "nothing open");
+        for i in 0..5u64 {
+            m.push(v, frame(i * 40, i == 0, &[1; 10])).unwrap();
+        }
+        assert!(m.has_open_fragment());
+        assert!(m.close_for_pause());
+        assert!(!m.has_open_fragment());
+        let frags = collect(&mut m);
+        assert_eq!(frags.len(), 1);
+        assert_eq!(frags[0].frames(), 5);
+        assert!(!frags[0].end_of_stream);
+        // After the pause: delta frames are dropped until a key frame starts the next fragment.
+        m.push(v, frame(2000, false, &[1; 10])).unwrap();
+        m.push(v, frame(2040, true, &[1; 10])).unwrap();
+        m.finish();
+        let frags = collect(&mut m);
+        assert_eq!(frags.len(), 1);
+        assert_eq!(frags[0].timecode, EPOCH / MS + 2040);
+        assert_eq!(m.stats().fragmenter.dropped_before_key, 1);
     }
 
     #[test]

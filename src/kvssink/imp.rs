@@ -22,7 +22,6 @@ use super::settings::{self, Settings};
 use super::stream::{Prepared, Stream};
 use crate::ack::AckEvent;
 use crate::codec::TrackType;
-use crate::fragment::Fragment;
 use crate::fragment_mux::FrameIn;
 use crate::logging::{CAT, LogConfig};
 use crate::store::Dropped;
@@ -226,36 +225,36 @@ impl KvsSink {
         }
     }
 
-    /// Moves completed fragments to the uploader (starting it if needed); releases `state`.
+    /// Moves the pieces of fragment the muxer produced (the open fragment's blocks as they are
+    /// packed) to the uploader, starting it if needed; releases `state`.
     fn push_out(&self, mut state: MutexGuard<'_, State>) -> Result<(), gst::FlowError> {
         let content_type = state.content_type();
         let Some(stream) = state.stream.as_mut() else {
             return Ok(());
         };
-        let fragments: Vec<Fragment> = match self.in_core(|| stream.drain()) {
-            Ok(f) => f,
+        let pieces = match self.in_core(|| stream.drain()) {
+            Ok(p) => p,
             Err(e) => {
                 gst::element_imp_error!(self, gst::ResourceError::Write, ("{}", e));
                 return Err(gst::FlowError::Error);
             }
         };
-        if fragments.is_empty() {
+        if pieces.is_empty() {
             return Ok(());
         }
         let uploader = stream.uploader(content_type, || self.event_sink());
-        let stored: Vec<_> = fragments.into_iter().map(|f| stream.stored(f)).collect();
         let offline = stream.prepared.streaming_type == StreamingType::Offline;
         *lock(&self.uploader) = Some(uploader.clone());
         let _order = lock(&self.push_lock);
         drop(state);
-        for f in stored {
+        for p in pieces {
             let dropped = if offline {
-                match uploader.push_blocking(f, || self.flushing.load(Ordering::SeqCst)) {
+                match uploader.put_blocking(p, || self.flushing.load(Ordering::SeqCst)) {
                     Ok(d) => d,
                     Err(_) => return Err(gst::FlowError::Flushing),
                 }
             } else {
-                uploader.push(f)
+                uploader.put(p)
             };
             for d in dropped {
                 self.report_drop(&d);
@@ -689,13 +688,13 @@ impl KvsSink {
                 .stop_stream_timeout
                 .min(STOP_WITHOUT_EOS_GRACE);
             // Realtime push: never blocks, even in offline mode (the store refuses instead).
-            let fragments = self.in_core(|| stream.drain()).unwrap_or_default();
+            let pieces = self.in_core(|| stream.drain()).unwrap_or_default();
             let content_type = state.content_type();
             if let Some(stream) = state.stream.as_mut() {
-                if !fragments.is_empty() {
+                if !pieces.is_empty() {
                     let uploader = stream.uploader(content_type, || self.event_sink());
-                    for f in fragments {
-                        for d in uploader.push(stream.stored(f)) {
+                    for p in pieces {
+                        for d in uploader.put(p) {
                             self.report_drop(&d);
                         }
                     }
