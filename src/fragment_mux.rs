@@ -34,7 +34,7 @@ use crate::fragment::{
     Piece, TrackError,
 };
 use crate::fragment_metadata::MetadataError;
-use crate::interleave::{DEFAULT_MAX_WAIT_NS, InterleaveStats, Interleaver};
+use crate::interleave::{DEFAULT_MAX_QUEUED_BYTES, InterleaveStats, Interleaver, Slot, Wait};
 use crate::mkv::cluster::SIMPLE_BLOCK_HEADER_LEN;
 use crate::timeline::{RawTimes, Timeline, TimelineConfig, TimelineStats, WallClock};
 
@@ -46,8 +46,11 @@ const LOG_TARGET: &str = "gstkvssink::fragment";
 pub struct MuxerConfig {
     pub timeline: TimelineConfig,
     pub fragmenter: FragmenterConfig,
-    /// The interleaver's stall bound ([`crate::interleave`]).
-    pub max_wait_ns: u64,
+    /// How long a silent track is waited for ([`crate::interleave`]); the element sets it from
+    /// the pipeline's liveness and latency ([`StreamMuxer::set_wait`]).
+    pub wait: Wait,
+    /// Memory bound of the interleaver's queues.
+    pub max_queued_bytes: usize,
 }
 
 impl Default for MuxerConfig {
@@ -55,7 +58,8 @@ impl Default for MuxerConfig {
         Self {
             timeline: TimelineConfig::default(),
             fragmenter: FragmenterConfig::default(),
-            max_wait_ns: DEFAULT_MAX_WAIT_NS,
+            wait: Wait::UntilData,
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
         }
     }
 }
@@ -192,7 +196,7 @@ impl StreamMuxer {
         }
         Self {
             timeline: Timeline::new(cfg.timeline, clock),
-            interleaver: Interleaver::new(cfg.max_wait_ns),
+            interleaver: Interleaver::new(cfg.wait, cfg.max_queued_bytes),
             fragmenter: Fragmenter::new(fragmenter_cfg),
             arena: Arena::new(),
             tracks: Vec::new(),
@@ -341,22 +345,27 @@ impl StreamMuxer {
             block,
         };
         let t = &mut self.tracks[track];
-        let pushed = if t.kind == TrackType::Video {
+        let slot = if t.kind == TrackType::Video {
             if f.discontinuity {
                 t.order_floor = 0;
             }
             if f.key {
                 t.order_floor = t.order_floor.max(stamped.pts);
             }
-            let order = stamped.dts.max(t.order_floor);
-            if f.key {
-                self.interleaver.push_opening(track, order, f)
-            } else {
-                self.interleaver.push(track, order, f)
+            Slot {
+                dts: stamped.dts.max(t.order_floor),
+                opening: f.key,
+                bytes: f.block.len(),
             }
         } else {
-            self.interleaver.push(track, stamped.dts, f)
+            Slot {
+                dts: stamped.dts,
+                opening: false,
+                bytes: f.block.len(),
+            }
         };
+        let now = self.timeline.now_ns();
+        let pushed = self.interleaver.push(track, slot, now, f);
         if let Err(late) = pushed {
             self.stats.dropped_late += 1;
             let t = &mut self.tracks[track];
@@ -368,9 +377,8 @@ impl StreamMuxer {
                 t.needs_key = true;
             }
             let msg = format!(
-                "track {track}: frame {:.1} ms older than frames already sent (it arrived after the {} ms stall bound); dropped",
+                "track {track}: frame {:.1} ms older than frames already sent without waiting for this track (it was silent past the interleaver's bound); dropped",
                 (late.released - late.dts) as f64 / 1e6,
-                self.interleaver.max_wait_ns() / 1_000_000
             );
             if t.late_warned {
                 tracing::debug!(
@@ -388,9 +396,32 @@ impl StreamMuxer {
     }
 
     fn drain(&mut self) {
-        while let Some((_, f)) = self.interleaver.pop() {
+        let now = self.timeline.now_ns();
+        while let Some((_, f)) = self.interleaver.pop(now) {
             self.fragmenter.push(f, &mut self.out);
         }
+    }
+
+    /// How long a silent track is waited for: [`Wait::UntilData`] for non-live input (the
+    /// producer that is ahead waits, see [`Self::waits_for`]), [`Wait::Clock`] with the pipeline
+    /// latency plus a margin for live input.
+    pub fn set_wait(&mut self, wait: Wait) {
+        if self.interleaver.wait() != wait {
+            tracing::debug!(target: LOG_TARGET, "interleaving: {wait:?}");
+            self.interleaver.set_wait(wait);
+            self.drain();
+        }
+    }
+
+    /// When [`Self::tick`] should be called if nothing else happens: a frame waits for a silent
+    /// live track until then (wall-clock ns since the epoch, the clock of the timeline).
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.interleaver.next_deadline()
+    }
+
+    /// Releases what may leave now (a deadline of [`Self::next_deadline`] passed).
+    pub fn tick(&mut self) {
+        self.drain();
     }
 
     /// A GAP event: `track` has nothing before `running_time` (ns, same clock as the PTS), so
@@ -406,10 +437,14 @@ impl StreamMuxer {
         Ok(())
     }
 
-    /// True when a non-live producer of `track` should wait for the other tracks before pushing
-    /// more (see [`crate::interleave`]).
-    pub fn would_block(&self, track: usize) -> bool {
-        track < self.tracks.len() && self.interleaver.would_block(track)
+    /// With non-live input: the track the producer of `track` should wait for before pushing
+    /// more, because `track` is ahead of it (see [`crate::interleave`]).
+    pub fn waits_for(&self, track: usize) -> Option<usize> {
+        if track < self.tracks.len() {
+            self.interleaver.waits_for(track)
+        } else {
+            None
+        }
     }
 
     /// `kvs-add-metadata`: goes in front of the next fragment (persistent: every fragment).
@@ -430,7 +465,7 @@ impl StreamMuxer {
             .get_mut(track)
             .ok_or(MuxError::UnknownTrack(track))?;
         t.eos = true;
-        self.interleaver.set_eos(track);
+        self.interleaver.set_ended(track);
         self.drain();
         if self.tracks.iter().all(|t| t.eos) {
             self.finish();
@@ -629,7 +664,11 @@ mod tests {
     #[test]
     fn stalled_audio_does_not_stop_video_fragments() {
         let clock = ManualClock::at(EPOCH);
-        let mut m = StreamMuxer::new(MuxerConfig::default(), Box::new(clock.clone()));
+        let live = MuxerConfig {
+            wait: Wait::Clock { bound_ns: 500 * MS },
+            ..MuxerConfig::default()
+        };
+        let mut m = StreamMuxer::new(live, Box::new(clock.clone()));
         let v = m.add_track(TrackType::Video, "v").unwrap();
         let a = m.add_track(TrackType::Audio, "a").unwrap();
         m.set_input(v, TrackInput::Configured(h264())).unwrap();
@@ -648,7 +687,7 @@ mod tests {
             clock.advance(40 * MS);
             frags.extend(collect(&mut m));
         }
-        // Fragments kept coming during the stall (all but the last ~2 s bound + open GOP).
+        // Fragments kept coming during the stall (all but the open GOP).
         assert!(frags.len() >= 7, "{} fragments", frags.len());
         assert_eq!(m.stats().interleave.stalls, 1);
         // Audio comes back late: dropped, counted; video unaffected.

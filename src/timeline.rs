@@ -185,6 +185,11 @@ impl Timeline {
         &self.cfg
     }
 
+    /// The wall clock stamps are taken from (ns since the epoch).
+    pub fn now_ns(&self) -> u64 {
+        self.clock.now_ns()
+    }
+
     /// Whether jumps are judged against the wall clock.
     fn wall_mapped(&self) -> bool {
         !self.cfg.offline && !self.cfg.use_original_pts && self.cfg.frame_timecodes

@@ -130,7 +130,12 @@ impl Prepared {
                 absolute_fragment_times: settings.absolute_fragment_times || offline,
                 connection_staleness: (settings.connection_staleness_seconds > 0)
                     .then(|| Duration::from_secs(settings.connection_staleness_seconds.into())),
-                replay_window: u64::from(settings.replay_duration_seconds) * 1000 / scale_ms,
+                // Replaying only recent media is a live concept: offline uploads replay all.
+                replay_window: if offline {
+                    u64::MAX
+                } else {
+                    u64::from(settings.replay_duration_seconds) * 1000 / scale_ms
+                },
                 restart_on_error: settings.restart_on_error,
                 wait_for_persisted: settings.retention_period_hours != 0,
                 max_session: crate::upload::MAX_SESSION_DURATION,
