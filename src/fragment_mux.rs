@@ -41,6 +41,13 @@ use crate::timeline::{RawTimes, Timeline, TimelineConfig, TimelineStats, WallClo
 /// Logs go to the media debug category (`kvssink-media`), like the other fragment modules.
 const LOG_TARGET: &str = "gstkvssink::fragment";
 
+/// Live input: no buffer on any pad for this long (or four usual gaps between buffers, if
+/// longer) is a pause — a closed valve, a motion-triggered camera at rest — and the open fragment
+/// is closed with the end-of-fragment tag, so the service persists it now rather than when the
+/// source resumes; the next fragment starts at a key frame. A stall of a live source this long
+/// costs the frames until its next key frame.
+pub const PAUSE_AFTER_NS: u64 = 700_000_000;
+
 /// Everything the element's properties decide for the media path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MuxerConfig {
@@ -173,6 +180,9 @@ pub struct StreamMuxer {
     tracks: Vec<MuxTrack>,
     out: VecDeque<Piece>,
     assembler: FragmentAssembler,
+    /// Wall clock (ns) when the last buffer arrived, and the usual gap between buffers.
+    last_arrival_ns: Option<u64>,
+    usual_gap_ns: u64,
     stats: MuxStats,
 }
 
@@ -202,6 +212,8 @@ impl StreamMuxer {
             tracks: Vec::new(),
             out: VecDeque::with_capacity(16),
             assembler: FragmentAssembler::default(),
+            last_arrival_ns: None,
+            usual_gap_ns: 0,
             stats: MuxStats::default(),
         }
     }
@@ -276,6 +288,7 @@ impl StreamMuxer {
     /// One buffer of `track`. What it produced is available from [`Self::pop_piece`]
     /// afterwards.
     pub fn push(&mut self, track: usize, frame: FrameIn<'_>) -> Result<(), MuxError> {
+        self.note_arrival();
         let t = self
             .tracks
             .get_mut(track)
@@ -416,12 +429,56 @@ impl StreamMuxer {
     /// When [`Self::tick`] should be called if nothing else happens: a frame waits for a silent
     /// live track until then (wall-clock ns since the epoch, the clock of the timeline).
     pub fn next_deadline(&self) -> Option<u64> {
-        self.interleaver.next_deadline()
+        let pause = self.pause_deadline();
+        match (self.interleaver.next_deadline(), pause) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Releases what may leave now (a deadline of [`Self::next_deadline`] passed).
+    /// Releases what may leave now (a deadline of [`Self::next_deadline`] passed); closes the
+    /// open fragment when no buffer came for a while.
     pub fn tick(&mut self) {
         self.drain();
+        if self
+            .pause_deadline()
+            .is_some_and(|d| self.timeline.now_ns() >= d)
+        {
+            tracing::info!(
+                target: LOG_TARGET,
+                "no buffer for {} ms: the open fragment is closed so that it is persisted now; the next one starts at a key frame",
+                self.pause_after_ns() / 1_000_000
+            );
+            self.close_for_pause();
+        }
+    }
+
+    fn note_arrival(&mut self) {
+        let now = self.timeline.now_ns();
+        if let Some(last) = self.last_arrival_ns {
+            let gap = now.saturating_sub(last);
+            if gap < self.pause_after_ns() {
+                // A slow average (1/8) of the gaps between buffers, pauses left out.
+                self.usual_gap_ns = self.usual_gap_ns - self.usual_gap_ns / 8 + gap / 8;
+            }
+        }
+        self.last_arrival_ns = Some(now);
+    }
+
+    /// How long without a buffer is a pause: [`PAUSE_AFTER_NS`], or four usual gaps between
+    /// buffers for sources slower than that (a 1 fps camera is not paused between frames).
+    fn pause_after_ns(&self) -> u64 {
+        PAUSE_AFTER_NS.max(self.usual_gap_ns.saturating_mul(4))
+    }
+
+    /// Live input with an open fragment: when it is closed if no buffer arrives.
+    fn pause_deadline(&self) -> Option<u64> {
+        if !matches!(self.interleaver.wait(), Wait::Clock { .. })
+            || !self.fragmenter.has_open_fragment()
+        {
+            return None;
+        }
+        Some(self.last_arrival_ns?.saturating_add(self.pause_after_ns()))
     }
 
     /// A GAP event: `track` has nothing before `running_time` (ns, same clock as the PTS), so
@@ -659,6 +716,52 @@ mod tests {
         assert_eq!(frags.len(), 1);
         assert_eq!(frags[0].timecode, EPOCH / MS + 2040);
         assert_eq!(m.stats().fragmenter.dropped_before_key, 1);
+    }
+
+    #[test]
+    fn live_input_closes_the_open_fragment_when_no_buffer_comes_for_a_while() {
+        let clock = ManualClock::at(EPOCH);
+        let live = MuxerConfig {
+            wait: Wait::Clock { bound_ns: 500 * MS },
+            ..MuxerConfig::default()
+        };
+        let mut m = StreamMuxer::new(live, Box::new(clock.clone()));
+        let v = m.add_track(TrackType::Video, "v").unwrap();
+        m.set_input(v, TrackInput::Configured(h264())).unwrap();
+        assert_eq!(m.next_deadline(), None, "nothing open");
+        for i in 0..10u64 {
+            m.push(v, frame(i * 40, i == 0, &[1; 10])).unwrap();
+            clock.advance(40 * MS);
+        }
+        let last = clock.now_ns() - 40 * MS;
+        assert_eq!(m.next_deadline(), Some(last + PAUSE_AFTER_NS));
+        clock.advance(PAUSE_AFTER_NS - 50 * MS);
+        m.tick();
+        assert!(m.has_open_fragment(), "not yet");
+        clock.advance(20 * MS);
+        m.tick();
+        assert!(!m.has_open_fragment());
+        let frags = collect(&mut m);
+        assert_eq!((frags.len(), frags[0].frames()), (1, 10));
+        assert!(!frags[0].end_of_stream);
+        assert_eq!(m.next_deadline(), None);
+        // A slow source (a frame every 400 ms) is not paused between its frames.
+        let mut m = StreamMuxer::new(
+            MuxerConfig {
+                wait: Wait::Clock { bound_ns: 500 * MS },
+                ..MuxerConfig::default()
+            },
+            Box::new(clock.clone()),
+        );
+        let v = m.add_track(TrackType::Video, "v").unwrap();
+        m.set_input(v, TrackInput::Configured(h264())).unwrap();
+        for i in 0..40u64 {
+            m.push(v, frame(i * 400, i == 0, &[1; 10])).unwrap();
+            clock.advance(400 * MS);
+            m.tick();
+        }
+        assert!(m.has_open_fragment());
+        assert!(m.pause_after_ns() > 1_400 * MS);
     }
 
     #[test]

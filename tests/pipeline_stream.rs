@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use gst::prelude::*;
-use gstkvssink::local::{Config, FragmentInfo, FragmentState, LocalEndpoint, Trigger};
+use gstkvssink::local::{
+    AckEventType, Config, FragmentInfo, FragmentState, LocalEndpoint, Trigger,
+};
 use pipeline::{Run, RunOptions, run, stored_frames};
 
 fn endpoint() -> LocalEndpoint {
@@ -365,4 +367,66 @@ fn an_uplink_of_half_the_bitrate_drops_whole_oldest_fragments_and_catches_up_whe
         .max()
         .unwrap();
     assert!(video.last().is_some_and(|&t| t as u64 > last_dropped));
+}
+
+#[test]
+fn a_pause_closes_the_open_fragment_and_it_is_persisted_at_once() {
+    let ep = endpoint();
+    let name = "valve";
+    let closed_at = Arc::new(Mutex::new(None::<SystemTime>));
+    let closed = closed_at.clone();
+    let desc = format!(
+        "videotestsrc is-live=true num-buffers=300 ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 \
+         ! valve name=valve ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 bframes=0 \
+         ! h264parse ! kvssink name=sink stream-name={name}"
+    );
+    let r = run(
+        &ep,
+        &desc,
+        Duration::from_secs(60),
+        RunOptions {
+            on_playing: Some(Box::new(move |p| {
+                let valve = p.by_name("valve").unwrap();
+                std::thread::spawn(move || {
+                    // Close in the middle of a 1 s fragment, for 4 s.
+                    std::thread::sleep(Duration::from_millis(2500));
+                    valve.set_property("drop", true);
+                    *closed.lock().unwrap() = Some(SystemTime::now());
+                    std::thread::sleep(Duration::from_secs(4));
+                    valve.set_property("drop", false);
+                });
+            })),
+            ..Default::default()
+        },
+    );
+    assert!(r.errors.is_empty() && r.eos, "{:?}", r.errors);
+    let closed_at = closed_at.lock().unwrap().expect("the valve closed");
+    // The fragment open when the valve closed was persisted within 1 s (+ a generous margin
+    // for a loaded machine), not when the source resumed 4 s later.
+    let frags = persisted(&ep, name);
+    let open_then = frags
+        .iter()
+        .filter(|f| f.server_timestamp < closed_at)
+        .next_back()
+        .expect("a fragment began before the pause");
+    let persisted_at = open_then
+        .acks
+        .iter()
+        .find(|a| a.ack.event_type == AckEventType::Persisted)
+        .map(|a| a.at)
+        .expect("its PERSISTED ACK");
+    let after = persisted_at.duration_since(closed_at).unwrap_or_default();
+    eprintln!("pause: the open fragment was persisted {after:?} after the valve closed");
+    assert!(
+        after < Duration::from_millis(2500),
+        "the fragment open at the pause was persisted {after:?} after it"
+    );
+    assert!(open_then.end_of_fragment);
+    // After the pause the stream went on with a new fragment that starts at a key frame.
+    let next = frags
+        .iter()
+        .find(|f| f.index > open_then.index)
+        .expect("a fragment after the pause");
+    assert!(next.key_frames >= 1);
+    assert!(next.server_timestamp > closed_at + Duration::from_secs(3));
 }
