@@ -425,7 +425,10 @@ impl FragmentStore {
     /// (timecode units), fit.
     fn make_room(&mut self, size: usize, end: u64, enforce: bool) -> Result<Vec<Dropped>, ()> {
         let mut dropped = Vec::new();
-        while enforce {
+        if !enforce {
+            return Ok(dropped);
+        }
+        loop {
             let over_bytes = self.bytes + size > self.limits.max_bytes;
             let over_duration =
                 self.fragments
@@ -460,7 +463,6 @@ impl FragmentStore {
                 None => return Ok(dropped),
             }
         }
-        Ok(dropped)
     }
 
     /// Whether `f` may be evicted: complete, and done or not handed to the connection.

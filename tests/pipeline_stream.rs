@@ -406,8 +406,7 @@ fn a_pause_closes_the_open_fragment_and_it_is_persisted_at_once() {
     let frags = persisted(&ep, name);
     let open_then = frags
         .iter()
-        .filter(|f| f.server_timestamp < closed_at)
-        .next_back()
+        .rfind(|f| f.server_timestamp < closed_at)
         .expect("a fragment began before the pause");
     let persisted_at = open_then
         .acks
