@@ -280,13 +280,17 @@ pub enum Piece {
 #[derive(Debug, Default)]
 pub struct FragmentAssembler {
     open: Option<Fragment>,
+    /// Parts of the last fragment: room reserved for the next one, once.
+    last_parts: usize,
 }
 
 impl FragmentAssembler {
     /// Adds the next piece; returns the fragment it completes.
     pub fn push(&mut self, piece: Piece) -> Option<Fragment> {
         match piece {
-            Piece::Start(s) => {
+            Piece::Start(mut s) => {
+                s.parts
+                    .reserve(self.last_parts.saturating_sub(s.parts.len()));
                 self.open = Some(Fragment {
                     sequence: s.sequence,
                     timecode: s.timecode,
@@ -310,6 +314,7 @@ impl FragmentAssembler {
             }
             Piece::End(e) => {
                 let mut f = self.open.take()?;
+                self.last_parts = f.parts.len() + 1;
                 f.duration_ns = e.duration_ns;
                 f.frame_counts = e.frame_counts;
                 f.end_of_stream = e.end_of_stream;
@@ -433,6 +438,8 @@ pub struct Fragmenter {
     prev_last_units: Option<u64>,
     /// Tracks that gave frames during the previous fragment (kept or dropped).
     prev_tracks: u32,
+    /// Frames of the previous fragment.
+    prev_frames: u32,
     sequence: u64,
     discontinuity_pending: bool,
     last_video_dts: Option<u64>,
@@ -490,6 +497,7 @@ impl Fragmenter {
             prev_base_units: None,
             prev_last_units: None,
             prev_tracks: 0,
+            prev_frames: 8,
             sequence: 0,
             discontinuity_pending: false,
             last_video_dts: None,
@@ -826,7 +834,8 @@ impl Fragmenter {
             self.prev_tracks & configured
         };
         self.header_rebuilt = false;
-        let mut held = Vec::with_capacity(8);
+        // Room for every block once: no reallocation while held.
+        let mut held = Vec::with_capacity(self.prev_frames as usize + 2);
         held.push(head);
         self.open = Some(OpenFragment {
             sequence: self.sequence,
@@ -935,6 +944,7 @@ impl Fragmenter {
         self.prev_base_units = Some(open.base);
         self.prev_last_units = Some(open.max_units.max(open.base));
         self.prev_tracks = open.live;
+        self.prev_frames = open.counts.iter().sum();
         let tail = end_of_stream.then(|| {
             let unsent = self.metadata.unsent_encoded_len();
             let eofr = tag_chain_len(END_OF_FRAGMENT_TAG, "");

@@ -183,6 +183,9 @@ pub struct StreamMuxer {
     /// Wall clock (ns) when the last buffer arrived, and the usual gap between buffers.
     last_arrival_ns: Option<u64>,
     usual_gap_ns: u64,
+    /// Off while the element itself is paused (its sources then stop, and resume the same
+    /// stream: that is not a pause of the source).
+    pause_detection: bool,
     stats: MuxStats,
 }
 
@@ -214,6 +217,7 @@ impl StreamMuxer {
             assembler: FragmentAssembler::default(),
             last_arrival_ns: None,
             usual_gap_ns: 0,
+            pause_detection: true,
             stats: MuxStats::default(),
         }
     }
@@ -453,6 +457,15 @@ impl StreamMuxer {
         }
     }
 
+    /// Turns pause detection off (element PLAYING→PAUSED) or on again (PAUSED→PLAYING; the
+    /// time without buffers counts from now).
+    pub fn set_pause_detection(&mut self, on: bool) {
+        self.pause_detection = on;
+        if on && self.last_arrival_ns.is_some() {
+            self.last_arrival_ns = Some(self.timeline.now_ns());
+        }
+    }
+
     fn note_arrival(&mut self) {
         let now = self.timeline.now_ns();
         if let Some(last) = self.last_arrival_ns {
@@ -473,7 +486,8 @@ impl StreamMuxer {
 
     /// Live input with an open fragment: when it is closed if no buffer arrives.
     fn pause_deadline(&self) -> Option<u64> {
-        if !matches!(self.interleaver.wait(), Wait::Clock { .. })
+        if !self.pause_detection
+            || !matches!(self.interleaver.wait(), Wait::Clock { .. })
             || !self.fragmenter.has_open_fragment()
         {
             return None;

@@ -1473,6 +1473,15 @@ impl ElementImpl for KvsSink {
         if transition == gst::StateChange::ReadyToPaused {
             self.start_stream();
         }
+        if let gst::StateChange::PlayingToPaused | gst::StateChange::PausedToPlaying = transition {
+            // The element's own pause is not a pause of the source: the open fragment stays.
+            let mut state = lock(&self.state);
+            if let Some(stream) = state.stream.as_mut() {
+                let playing = transition == gst::StateChange::PausedToPlaying;
+                self.in_core(|| stream.muxer.set_pause_detection(playing));
+                self.core_changed(&state);
+            }
+        }
         if transition == gst::StateChange::PausedToReady {
             // Release a streaming thread waiting (for space, for another pad) before the pads
             // are deactivated.

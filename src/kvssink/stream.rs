@@ -170,6 +170,8 @@ pub struct Stream {
     /// Dropped-frame count already reported.
     pub reported_drops: u64,
     pub fragments_out: u64,
+    /// Parts of the last fragment: room reserved for the next one in the store, once.
+    last_parts: usize,
 }
 
 impl Stream {
@@ -182,6 +184,7 @@ impl Stream {
             uploader: None,
             reported_drops: 0,
             fragments_out: 0,
+            last_parts: 0,
         }
     }
 
@@ -265,15 +268,20 @@ impl Stream {
     fn stored(&mut self, p: Piece) -> StorePiece {
         let scale = self.prepared.mux.fragmenter.timecode_scale_ns.max(1);
         match p {
-            Piece::Start(s) => StorePiece::Begin(StoredFragment::open(
-                s.header,
-                s.timecode,
-                s.parts.len().saturating_sub(1) as u32,
-                s.parts,
-            )),
+            Piece::Start(mut s) => {
+                s.parts
+                    .reserve(self.last_parts.saturating_sub(s.parts.len()));
+                StorePiece::Begin(StoredFragment::open(
+                    s.header,
+                    s.timecode,
+                    s.parts.len().saturating_sub(1) as u32,
+                    s.parts,
+                ))
+            }
             Piece::Block(b) => StorePiece::Append(b),
             Piece::End(e) => {
                 self.fragments_out += 1;
+                self.last_parts = e.frames() as usize + 2;
                 StorePiece::Complete {
                     duration: e.duration_ns / scale,
                     frames: e.frames(),
