@@ -5,8 +5,9 @@
 //! Per buffer: the [`crate::timeline`] stamps it; its payload is copied once into the fragment
 //! arena (converting Annex-B to length-prefixed NAL units on the way when needed, see
 //! [`crate::codec::annexb`]); the [`crate::interleave`]r orders frames of all tracks; the
-//! [`crate::fragment`]er cuts them into fragments, which the caller takes with
-//! [`StreamMuxer::pop_fragment`].
+//! [`crate::fragment`]er cuts them into fragments, emitted piece by piece as frames are packed;
+//! the caller takes the pieces with [`StreamMuxer::pop_piece`] (or whole fragments with
+//! [`StreamMuxer::pop_fragment`]).
 //!
 //! Nothing here is fatal: a frame that cannot be used is dropped, counted in [`MuxStats`] and
 //! logged (an `Err` from [`StreamMuxer::push`] means "this frame was dropped, post a warning").
@@ -16,7 +17,7 @@
 //! let v = mux.add_track(TrackType::Video, "kinesis_video")?;      // request pads, before data
 //! mux.set_input(v, TrackInput::Configured(TrackConfig::h264(codec_data, w, h)?))?; // caps
 //! mux.push(v, FrameIn { pts, dts, duration, key, data })?;       // each buffer
-//! while let Some(f) = mux.pop_fragment() { store(f) }            // after each call
+//! while let Some(p) = mux.pop_piece() { upload(p) }              // after each call
 //! mux.end_of_stream(v);                                           // EOS per pad
 //! ```
 
@@ -29,7 +30,8 @@ use bytes::{BufMut, Bytes};
 use crate::codec::annexb::{AnnexBConverter, max_converted_len};
 use crate::codec::{CodecError, TrackConfig, TrackType, VideoCodec};
 use crate::fragment::{
-    Arena, Fragment, Fragmenter, FragmenterConfig, FragmenterStats, Frame, TrackError,
+    Arena, Fragment, FragmentAssembler, Fragmenter, FragmenterConfig, FragmenterStats, Frame,
+    Piece, TrackError,
 };
 use crate::fragment_metadata::MetadataError;
 use crate::interleave::{DEFAULT_MAX_QUEUED_BYTES, InterleaveStats, Interleaver, Slot, Wait};
@@ -38,6 +40,13 @@ use crate::timeline::{RawTimes, Timeline, TimelineConfig, TimelineStats, WallClo
 
 /// Logs go to the media debug category (`kvssink-media`), like the other fragment modules.
 const LOG_TARGET: &str = "gstkvssink::fragment";
+
+/// Live input: no buffer on any pad for this long (or four usual gaps between buffers, if
+/// longer) is a pause — a closed valve, a motion-triggered camera at rest — and the open fragment
+/// is closed with the end-of-fragment tag, so the service persists it now rather than when the
+/// source resumes; the next fragment starts at a key frame. A stall of a live source this long
+/// costs the frames until its next key frame.
+pub const PAUSE_AFTER_NS: u64 = 700_000_000;
 
 /// Everything the element's properties decide for the media path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,7 +145,7 @@ pub struct MuxStats {
 
 impl MuxStats {
     /// Every frame dropped, per reason (what a user reads in the warning).
-    pub fn drops(&self) -> [(&'static str, u64); 6] {
+    pub fn drops(&self) -> [(&'static str, u64); 7] {
         [
             ("not usable (invalid data or no caps)", self.dropped_invalid),
             (
@@ -155,6 +164,10 @@ impl MuxStats {
             (
                 "audio before the first video key frame",
                 self.fragmenter.dropped_before_key,
+            ),
+            (
+                "of a track left out of a fragment that could not wait for it (it came back mid-fragment)",
+                self.fragmenter.dropped_track_absent,
             ),
         ]
     }
@@ -196,7 +209,14 @@ pub struct StreamMuxer {
     fragmenter: Fragmenter,
     arena: Arena,
     tracks: Vec<MuxTrack>,
-    out: VecDeque<Fragment>,
+    out: VecDeque<Piece>,
+    assembler: FragmentAssembler,
+    /// Wall clock (ns) when the last buffer arrived, and the usual gap between buffers.
+    last_arrival_ns: Option<u64>,
+    usual_gap_ns: u64,
+    /// Off while the element itself is paused (its sources then stop, and resume the same
+    /// stream: that is not a pause of the source).
+    pause_detection: bool,
     stats: MuxStats,
 }
 
@@ -224,7 +244,11 @@ impl StreamMuxer {
             fragmenter: Fragmenter::new(fragmenter_cfg),
             arena: Arena::new(),
             tracks: Vec::new(),
-            out: VecDeque::with_capacity(4),
+            out: VecDeque::with_capacity(16),
+            assembler: FragmentAssembler::default(),
+            last_arrival_ns: None,
+            usual_gap_ns: 0,
+            pause_detection: true,
             stats: MuxStats::default(),
         }
     }
@@ -296,9 +320,10 @@ impl StreamMuxer {
         Ok(())
     }
 
-    /// One buffer of `track`. Fragments that became complete are available from
-    /// [`Self::pop_fragment`] afterwards.
+    /// One buffer of `track`. What it produced is available from [`Self::pop_piece`]
+    /// afterwards.
     pub fn push(&mut self, track: usize, frame: FrameIn<'_>) -> Result<(), MuxError> {
+        self.note_arrival();
         let t = self
             .tracks
             .get_mut(track)
@@ -452,12 +477,66 @@ impl StreamMuxer {
     /// When [`Self::tick`] should be called if nothing else happens: a frame waits for a silent
     /// live track until then (wall-clock ns since the epoch, the clock of the timeline).
     pub fn next_deadline(&self) -> Option<u64> {
-        self.interleaver.next_deadline()
+        let pause = self.pause_deadline();
+        match (self.interleaver.next_deadline(), pause) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Releases what may leave now (a deadline of [`Self::next_deadline`] passed).
+    /// Releases what may leave now (a deadline of [`Self::next_deadline`] passed); closes the
+    /// open fragment when no buffer came for a while.
     pub fn tick(&mut self) {
         self.drain();
+        if self
+            .pause_deadline()
+            .is_some_and(|d| self.timeline.now_ns() >= d)
+        {
+            tracing::info!(
+                target: LOG_TARGET,
+                "no buffer for {} ms: the open fragment is closed so that it is persisted now; the next one starts at a key frame",
+                self.pause_after_ns() / 1_000_000
+            );
+            self.close_for_pause();
+        }
+    }
+
+    /// Turns pause detection off (element PLAYING→PAUSED) or on again (PAUSED→PLAYING; the
+    /// time without buffers counts from now).
+    pub fn set_pause_detection(&mut self, on: bool) {
+        self.pause_detection = on;
+        if on && self.last_arrival_ns.is_some() {
+            self.last_arrival_ns = Some(self.timeline.now_ns());
+        }
+    }
+
+    fn note_arrival(&mut self) {
+        let now = self.timeline.now_ns();
+        if let Some(last) = self.last_arrival_ns {
+            let gap = now.saturating_sub(last);
+            if gap < self.pause_after_ns() {
+                // A slow average (1/8) of the gaps between buffers, pauses left out.
+                self.usual_gap_ns = self.usual_gap_ns - self.usual_gap_ns / 8 + gap / 8;
+            }
+        }
+        self.last_arrival_ns = Some(now);
+    }
+
+    /// How long without a buffer is a pause: [`PAUSE_AFTER_NS`], or four usual gaps between
+    /// buffers for sources slower than that (a 1 fps camera is not paused between frames).
+    fn pause_after_ns(&self) -> u64 {
+        PAUSE_AFTER_NS.max(self.usual_gap_ns.saturating_mul(4))
+    }
+
+    /// Live input with an open fragment: when it is closed if no buffer arrives.
+    fn pause_deadline(&self) -> Option<u64> {
+        if !self.pause_detection
+            || !matches!(self.interleaver.wait(), Wait::Clock { .. })
+            || !self.fragmenter.has_open_fragment()
+        {
+            return None;
+        }
+        Some(self.last_arrival_ns?.saturating_add(self.pause_after_ns()))
     }
 
     /// A GAP event: `track` has nothing before `running_time` (ns, same clock as the PTS), so
@@ -519,6 +598,23 @@ impl StreamMuxer {
         self.fragmenter.finish(&mut self.out);
     }
 
+    /// No frame arrived for a while (a valve closed, a motion-triggered camera stopped): what is
+    /// queued is written and the open fragment is closed, so that it can be persisted now; the
+    /// next fragment starts at a video key frame. Returns whether a fragment was closed.
+    pub fn close_for_pause(&mut self) -> bool {
+        while let Some((_, f)) = self.interleaver.pop_any() {
+            self.fragmenter.push(f, &mut self.out);
+        }
+        let was_open = self.fragmenter.has_open_fragment();
+        self.fragmenter.close(&mut self.out);
+        was_open
+    }
+
+    /// Whether a fragment is open (started and not closed yet).
+    pub fn has_open_fragment(&self) -> bool {
+        self.fragmenter.has_open_fragment()
+    }
+
     /// FLUSH_STOP: queued frames are dropped (counted), the open fragment is closed as is, and
     /// the next fragment starts at a key frame.
     pub fn flush(&mut self) {
@@ -537,9 +633,20 @@ impl StreamMuxer {
         }
     }
 
-    /// The next completed fragment, in order.
-    pub fn pop_fragment(&mut self) -> Option<Fragment> {
+    /// The next piece of fragment, in order.
+    pub fn pop_piece(&mut self) -> Option<Piece> {
         self.out.pop_front()
+    }
+
+    /// The next completed fragment, in order (joins the pieces; for tools and tests, not to be
+    /// mixed with [`Self::pop_piece`]).
+    pub fn pop_fragment(&mut self) -> Option<Fragment> {
+        while let Some(p) = self.out.pop_front() {
+            if let Some(f) = self.assembler.push(p) {
+                return Some(f);
+            }
+        }
+        None
     }
 
     /// The current session header (EBML, Segment, Info, Tracks), for (re)connects. None before
@@ -640,6 +747,79 @@ mod tests {
         assert!(frags[1].end_of_stream);
         assert_eq!(m.stats().dropped(), 1, "the buffer before caps");
         assert_eq!(m.track_number(v), Some(1));
+    }
+
+    #[test]
+    fn close_for_pause_ends_the_open_fragment_and_the_next_starts_at_a_key_frame() {
+        let clock = ManualClock::at(EPOCH);
+        let mut m = StreamMuxer::new(MuxerConfig::default(), Box::new(clock));
+        let v = m.add_track(TrackType::Video, "v").unwrap();
+        m.set_input(v, TrackInput::Configured(h264())).unwrap();
+        assert!(!m.close_for_pause(), "nothing open");
+        for i in 0..5u64 {
+            m.push(v, frame(i * 40, i == 0, &[1; 10])).unwrap();
+        }
+        assert!(m.has_open_fragment());
+        assert!(m.close_for_pause());
+        assert!(!m.has_open_fragment());
+        let frags = collect(&mut m);
+        assert_eq!(frags.len(), 1);
+        assert_eq!(frags[0].frames(), 5);
+        assert!(!frags[0].end_of_stream);
+        // After the pause: delta frames are dropped until a key frame starts the next fragment.
+        m.push(v, frame(2000, false, &[1; 10])).unwrap();
+        m.push(v, frame(2040, true, &[1; 10])).unwrap();
+        m.finish();
+        let frags = collect(&mut m);
+        assert_eq!(frags.len(), 1);
+        assert_eq!(frags[0].timecode, EPOCH / MS + 2040);
+        assert_eq!(m.stats().fragmenter.dropped_before_key, 1);
+    }
+
+    #[test]
+    fn live_input_closes_the_open_fragment_when_no_buffer_comes_for_a_while() {
+        let clock = ManualClock::at(EPOCH);
+        let live = MuxerConfig {
+            wait: Wait::Clock { bound_ns: 500 * MS },
+            ..MuxerConfig::default()
+        };
+        let mut m = StreamMuxer::new(live, Box::new(clock.clone()));
+        let v = m.add_track(TrackType::Video, "v").unwrap();
+        m.set_input(v, TrackInput::Configured(h264())).unwrap();
+        assert_eq!(m.next_deadline(), None, "nothing open");
+        for i in 0..10u64 {
+            m.push(v, frame(i * 40, i == 0, &[1; 10])).unwrap();
+            clock.advance(40 * MS);
+        }
+        let last = clock.now_ns() - 40 * MS;
+        assert_eq!(m.next_deadline(), Some(last + PAUSE_AFTER_NS));
+        clock.advance(PAUSE_AFTER_NS - 50 * MS);
+        m.tick();
+        assert!(m.has_open_fragment(), "not yet");
+        clock.advance(20 * MS);
+        m.tick();
+        assert!(!m.has_open_fragment());
+        let frags = collect(&mut m);
+        assert_eq!((frags.len(), frags[0].frames()), (1, 10));
+        assert!(!frags[0].end_of_stream);
+        assert_eq!(m.next_deadline(), None);
+        // A slow source (a frame every 400 ms) is not paused between its frames.
+        let mut m = StreamMuxer::new(
+            MuxerConfig {
+                wait: Wait::Clock { bound_ns: 500 * MS },
+                ..MuxerConfig::default()
+            },
+            Box::new(clock.clone()),
+        );
+        let v = m.add_track(TrackType::Video, "v").unwrap();
+        m.set_input(v, TrackInput::Configured(h264())).unwrap();
+        for i in 0..40u64 {
+            m.push(v, frame(i * 400, i == 0, &[1; 10])).unwrap();
+            clock.advance(400 * MS);
+            m.tick();
+        }
+        assert!(m.has_open_fragment());
+        assert!(m.pause_after_ns() > 1_400 * MS);
     }
 
     #[test]

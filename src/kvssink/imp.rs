@@ -33,7 +33,6 @@ use super::stream::{Prepared, Stream};
 use super::ticker::Ticker;
 use crate::ack::AckEvent;
 use crate::codec::TrackType;
-use crate::fragment::Fragment;
 use crate::fragment_mux::FrameIn;
 use crate::interleave::Wait;
 use crate::logging::{CAT, LogConfig};
@@ -448,36 +447,36 @@ impl KvsSink {
         stream.reported_drops = now;
     }
 
-    /// Moves completed fragments to the uploader (starting it if needed); releases `state`.
+    /// Moves the pieces of fragment the muxer produced (the open fragment's blocks as they are
+    /// packed) to the uploader, starting it if needed; releases `state`.
     fn push_out(&self, mut state: MutexGuard<'_, State>) -> Result<(), gst::FlowError> {
         let content_type = state.content_type();
         let Some(stream) = state.stream.as_mut() else {
             return Ok(());
         };
-        let fragments: Vec<Fragment> = match self.in_core(|| stream.drain()) {
-            Ok(f) => f,
+        let pieces = match self.in_core(|| stream.drain()) {
+            Ok(p) => p,
             Err(e) => {
                 gst::element_imp_error!(self, gst::ResourceError::Write, ("{}", e));
                 return Err(gst::FlowError::Error);
             }
         };
-        if fragments.is_empty() {
+        if pieces.is_empty() {
             return Ok(());
         }
         let uploader = stream.uploader(content_type, || self.event_sink());
-        let stored: Vec<_> = fragments.into_iter().map(|f| stream.stored(f)).collect();
         let offline = stream.prepared.streaming_type == StreamingType::Offline;
         *lock(&self.uploader) = Some(uploader.clone());
         let _order = lock(&self.push_lock);
         drop(state);
-        for f in stored {
+        for p in pieces {
             let dropped = if offline {
-                match uploader.push_blocking(f, || self.flushing.load(Ordering::SeqCst)) {
+                match uploader.put_blocking(p, || self.flushing.load(Ordering::SeqCst)) {
                     Ok(d) => d,
                     Err(_) => return Err(gst::FlowError::Flushing),
                 }
             } else {
-                uploader.push(f)
+                uploader.put(p)
             };
             for d in dropped {
                 self.report_drop(&d);
@@ -935,13 +934,13 @@ impl KvsSink {
                 .stop_stream_timeout
                 .min(STOP_WITHOUT_EOS_GRACE);
             // Realtime push: never blocks, even in offline mode (the store refuses instead).
-            let fragments = self.in_core(|| stream.drain()).unwrap_or_default();
+            let pieces = self.in_core(|| stream.drain()).unwrap_or_default();
             let content_type = state.content_type();
             if let Some(stream) = state.stream.as_mut() {
-                if !fragments.is_empty() {
+                if !pieces.is_empty() {
                     let uploader = stream.uploader(content_type, || self.event_sink());
-                    for f in fragments {
-                        for d in uploader.push(stream.stored(f)) {
+                    for p in pieces {
+                        for d in uploader.put(p) {
                             self.report_drop(&d);
                         }
                     }
@@ -1484,6 +1483,15 @@ impl ElementImpl for KvsSink {
         }
         if transition == gst::StateChange::ReadyToPaused {
             self.start_stream();
+        }
+        if let gst::StateChange::PlayingToPaused | gst::StateChange::PausedToPlaying = transition {
+            // The element's own pause is not a pause of the source: the open fragment stays.
+            let mut state = lock(&self.state);
+            if let Some(stream) = state.stream.as_mut() {
+                let playing = transition == gst::StateChange::PausedToPlaying;
+                self.in_core(|| stream.muxer.set_pause_detection(playing));
+                self.core_changed(&state);
+            }
         }
         if transition == gst::StateChange::PausedToReady {
             // Release a streaming thread waiting (for space, for another pad) before the pads

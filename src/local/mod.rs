@@ -72,8 +72,8 @@ pub use iot::{
 };
 pub use mkv::Limits;
 pub use model::{
-    AckRecord, ApiError, FragmentInfo, FragmentState, RequestRecord, SessionEnd, SessionInfo,
-    StreamInfo, StreamStatus,
+    AckRecord, ApiError, FragmentInfo, FragmentState, FrameArrival, RequestRecord, SessionEnd,
+    SessionInfo, StreamInfo, StreamStatus,
 };
 pub use store::StoredLocation;
 
@@ -166,6 +166,11 @@ pub struct Config {
     pub credential_lifetime: Option<Duration>,
     /// Also serve the AWS IoT credentials provider ([`LocalEndpoint::iot`]).
     pub iot: Option<IotEndpointConfig>,
+    /// Read each PutMedia body at most this fast (bits per second), as a device's uplink would
+    /// carry it; changeable later with [`Faults::limit_uplink`].
+    pub uplink_bps: Option<u64>,
+    /// Record when each block of a fragment was read ([`FragmentInfo::frame_arrivals`]).
+    pub record_frame_arrivals: bool,
 }
 
 impl Default for Config {
@@ -190,6 +195,8 @@ impl Default for Config {
             runtime: None,
             credential_lifetime: None,
             iot: None,
+            uplink_bps: None,
+            record_frame_arrivals: false,
         }
     }
 }
@@ -253,6 +260,7 @@ impl LocalEndpoint {
         let url = format!("{scheme}://{addr}");
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let faults = Faults::default();
+        faults.limit_uplink(config.uplink_bps);
         faults
             .keys
             .lock()
@@ -269,6 +277,7 @@ impl LocalEndpoint {
                 max_connection_duration: config.max_connection_duration,
                 idle_ack_interval: config.idle_ack_interval,
                 idle_timeout: config.idle_timeout,
+                record_frame_arrivals: config.record_frame_arrivals,
             },
             registry: model::Registry::new(model::RegistrySettings {
                 region: config.region.clone(),

@@ -51,6 +51,8 @@ pub struct RunOptions<'a> {
     pub remove_env: Vec<&'static str>,
     /// Called once the pipeline is PLAYING, with the pipeline.
     pub on_playing: Option<OnPlaying<'a>>,
+    /// Called with the pipeline before it starts (to add probes that see every buffer).
+    pub on_created: Option<OnPlaying<'a>>,
 }
 
 /// Runs `description` (with a kvssink named `sink`) until EOS, an error or `timeout`.
@@ -66,6 +68,9 @@ pub fn run(
         .downcast::<gst::Pipeline>()
         .unwrap();
     let sink = pipeline.by_name("sink").expect("a kvssink named sink");
+    if let Some(f) = opts.on_created {
+        f(&pipeline);
+    }
     let frames = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
     for pad in sink.sink_pads() {
         let frames = frames.clone();
