@@ -438,6 +438,8 @@ pub struct Fragmenter {
     prev_last_units: Option<u64>,
     /// Tracks that gave frames during the previous fragment (kept or dropped).
     prev_tracks: u32,
+    /// Tracks that ended (EOS, pad released) and sent nothing since: never waited for.
+    ended: u32,
     /// Frames of the previous fragment.
     prev_frames: u32,
     sequence: u64,
@@ -497,6 +499,7 @@ impl Fragmenter {
             prev_base_units: None,
             prev_last_units: None,
             prev_tracks: 0,
+            ended: 0,
             prev_frames: 8,
             sequence: 0,
             discontinuity_pending: false,
@@ -832,7 +835,7 @@ impl Fragmenter {
             configured
         } else {
             self.prev_tracks & configured
-        };
+        } & !self.ended;
         self.header_rebuilt = false;
         // Room for every block once: no reallocation while held.
         let mut held = Vec::with_capacity(self.prev_frames as usize + 2);
@@ -855,6 +858,28 @@ impl Fragmenter {
         self.append(f, out);
         while let Some(a) = self.lead_in.pop_front() {
             self.append(a, out);
+        }
+    }
+
+    /// `track` sends again after [`Self::end_track`].
+    pub fn resume_track(&mut self, track: usize) {
+        self.ended &= !(1 << track);
+    }
+
+    /// `track` ended (EOS, pad released): no fragment waits for it any more, the open one
+    /// included, until [`Self::resume_track`]. Its frames still queued upstream may follow.
+    pub fn end_track(&mut self, track: usize, out: &mut VecDeque<Piece>) {
+        self.ended |= 1 << track;
+        let Some(open) = self.open.as_mut() else {
+            return;
+        };
+        if open.released.is_some() {
+            return;
+        }
+        open.wanted &= !self.ended;
+        let have = Self::mask_of(&open.counts);
+        if have & open.wanted == open.wanted {
+            self.release(have, out);
         }
     }
 
@@ -1279,6 +1304,25 @@ mod tests {
         f.push(0, T0 + 66 * MS, T0 + 66 * MS, false, b"p2");
         assert!(matches!(f.out.pop_front(), Some(Piece::Block(_))));
         assert_eq!(f.fr.stats().hold_timeouts, 0);
+    }
+
+    #[test]
+    fn an_ended_track_is_not_waited_for() {
+        let mut f = av_feeder();
+        f.push(0, T0, T0, true, b"k");
+        f.push(0, T0 + 40 * MS, T0 + 40 * MS, false, b"d");
+        assert!(f.out.is_empty(), "held for the audio track");
+        f.fr.end_track(1, &mut f.out);
+        let Some(Piece::Start(s)) = f.out.pop_front() else {
+            panic!("released at once: {:?}", f.out.len())
+        };
+        assert!(!s.header.windows(5).any(|w| w == b"A_AAC"));
+        assert_eq!(f.fr.stats().hold_timeouts, 0);
+        // Nor are the next fragments, even when audio frames sent before the end arrive late.
+        f.push(1, T0 + 50 * MS, T0 + 50 * MS, false, b"a");
+        f.out.clear();
+        f.push(0, T0 + 80 * MS, T0 + 80 * MS, true, b"k2");
+        assert!(f.out.iter().any(|p| matches!(p, Piece::Start(_))));
     }
 
     #[test]

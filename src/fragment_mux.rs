@@ -394,7 +394,11 @@ impl StreamMuxer {
                 return Ok(());
             }
         }
-        t.eos = false;
+        if t.eos {
+            t.eos = false;
+            self.fragmenter.resume_track(track);
+        }
+        let t = &mut self.tracks[track];
         let f = Frame {
             track,
             pts: stamped.pts,
@@ -582,6 +586,7 @@ impl StreamMuxer {
         t.eos = true;
         self.interleaver.set_ended(track);
         self.drain();
+        self.fragmenter.end_track(track, &mut self.out);
         if self.tracks.iter().all(|t| t.eos) {
             self.finish();
             return Ok(true);
@@ -627,9 +632,10 @@ impl StreamMuxer {
         self.stats.dropped_flush += dropped.len() as u64;
         self.fragmenter.close(&mut self.out);
         self.timeline.reset_tracks();
-        for t in &mut self.tracks {
+        for (i, t) in self.tracks.iter_mut().enumerate() {
             t.eos = false;
             t.needs_key = false;
+            self.fragmenter.resume_track(i);
         }
     }
 
