@@ -10,11 +10,6 @@ cd "$(dirname "$0")/.."
 ensure_packages "${KVSSINK_BUILD_PACKAGES[@]}" "${KVSSINK_RUNTIME_PACKAGES[@]}" "${KVSSINK_TEST_PACKAGES[@]}"
 ensure_rust
 
-if [ ! -d ../shared/reference ]; then
-  echo "error: ../shared (reference files and test media) must sit beside the project" >&2
-  exit 1
-fi
-
 # Tests must not pick up a developer's GStreamer debug settings or a stale registry.
 unset GST_DEBUG GST_PLUGIN_PATH
 export GST_REGISTRY="${CARGO_TARGET_DIR:-$PWD/target}/gst-registry.bin"
