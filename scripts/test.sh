@@ -12,6 +12,9 @@ ensure_rust
 
 # Tests must not pick up a developer's GStreamer debug settings or a stale registry.
 unset GST_DEBUG GST_PLUGIN_PATH
+# No test may ask the EC2 instance-metadata address for credentials (the test binaries set this
+# themselves too, see tests/common/no_instance_metadata.rs).
+export AWS_EC2_METADATA_DISABLED=true
 export GST_REGISTRY="${CARGO_TARGET_DIR:-$PWD/target}/gst-registry.bin"
 
 echo "==> cargo fmt --check"

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod no_instance_metadata;
+
 pub fn init() {
     use std::sync::Once;
     static INIT: Once = Once::new();
