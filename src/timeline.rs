@@ -1,4 +1,4 @@
-//! Buffer timestamps → KVS timestamps: every mode of the reference (kvs-reference.md §1.10), plus
+//! Buffer timestamps → KVS timestamps: every mode of the reference (docs/kvs-protocol.md §1.4), plus
 //! the repairs that make real sources (RTSP cameras, A/V pipelines) work instead of failing.
 //!
 //! Input is a buffer's PTS/DTS in nanoseconds (running time, or raw buffer times when the element

@@ -1013,9 +1013,9 @@ mod tests {
 
     fn media(name: &str) -> Vec<u8> {
         let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/media")
+            .join("tests/data")
             .join(name);
-        std::fs::read(p).expect("shared media")
+        std::fs::read(p).expect("test data")
     }
 
     fn split(data: &[u8], sizes: &mut dyn FnMut() -> usize) -> (Vec<Event>, Result<(), RuleError>) {

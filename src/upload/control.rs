@@ -1,6 +1,6 @@
 //! The KVS control plane, through aws-sdk-kinesisvideo: DescribeStream → CreateStream (only when
 //! the stream is missing and creation is allowed) → TagStream (only with tags) →
-//! GetDataEndpoint(PUT_MEDIA), as the reference element does (kvs-reference.md §3.1).
+//! GetDataEndpoint(PUT_MEDIA), as the reference element does (docs/kvs-protocol.md §3).
 //!
 //! The SDK's own retries are off: the uploader retries with its own backoff, so that a retry
 //! never blocks cancellation and every failure is classified once here — fatal (wrong
@@ -22,7 +22,7 @@ use aws_sdk_kinesisvideo::types::{ApiName, Status};
 use super::credentials::KvsCredentials;
 use super::transport::CaBundle;
 
-/// PIC STATUS codes carried by `stream-error` (kvs-reference.md §1.11).
+/// PIC STATUS codes carried by `stream-error` (docs/kvs-protocol.md §1.6).
 pub mod status {
     pub const NOT_AUTHORIZED: u32 = 0x5200_0010;
     pub const DESCRIBE_STREAM_CALL_FAILED: u32 = 0x5200_0011;

@@ -84,6 +84,13 @@ pub fn run(
     let started = Instant::now();
     {
         let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        // The values `extra_env` replaces, restored below (e.g. AWS_EC2_METADATA_DISABLED, which
+        // the whole test process keeps: tests/common/no_instance_metadata.rs).
+        let previous: Vec<_> = opts
+            .extra_env
+            .iter()
+            .map(|(k, _)| (k, std::env::var_os(k)))
+            .collect();
         // SAFETY: ENV_LOCK serializes every environment change and read of these tests.
         unsafe {
             for (k, v) in endpoint.env() {
@@ -101,9 +108,14 @@ pub fn run(
             }
         }
         let _ = pipeline.set_state(gst::State::Ready);
-        for (k, _) in &opts.extra_env {
+        for (k, v) in previous {
             // SAFETY: as above.
-            unsafe { std::env::remove_var(k) };
+            unsafe {
+                match v {
+                    Some(v) => std::env::set_var(k, v),
+                    None => std::env::remove_var(k),
+                }
+            }
         }
     }
     let bus = pipeline.bus().unwrap();
