@@ -1,8 +1,13 @@
 //! End-to-end benchmark: N realtime 1080p30 streams through `kvssink` into the local KVS endpoint.
 //!
-//! For 1 and 8 streams (by default) it reports CPU time per stream-minute, peak RSS and fragment
-//! latency (the fragment's last byte handed to the connection → its PERSISTED ACK, p50/p99, from the
-//! `latency-us` field of the element's `kvssink-fragment-ack` bus messages). Run it through
+//! For 1 and 8 streams (by default) it reports CPU time per stream-minute, peak RSS, **frame
+//! latency** (a video frame enters kvssink → the endpoint has read its whole block, p50/p99/max)
+//! and **fragment latency** (the last frame of a fragment enters kvssink → the endpoint sends its
+//! PERSISTED ACK, p50/p99). Entry times come from a buffer probe on each kvssink sink pad; the
+//! endpoint (started with `--record-frame-arrivals`) records when it read each block and when it
+//! sent each ACK, served at `/_local/streams/NAME/fragments`; frames are matched by timecode (the
+//! element maps running time onto the wall clock with one offset per stream, found from the
+//! first video frame). Both clocks are this machine's wall clock. Run it through
 //! `scripts/bench-streams.sh`, which builds it, starts the local endpoint as a separate process (so
 //! the endpoint's CPU is not counted), runs this and stops the endpoint. By hand:
 //!
@@ -43,12 +48,13 @@
 //! AWS by accident. `kvssink` is loaded from the built `libgstkvssink.so` (`--plugin-dir`, default
 //! the directory above this executable's, e.g. `target/release`), as users load it.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use gst::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -76,6 +82,8 @@ Options:
   --plugin-dir DIR        where libgstkvssink.so is (default: the profile directory above this
                           executable, e.g. target/release)
   --endpoint-pid PID      also report the endpoint process's CPU during each run
+  --uplink-bps N          the endpoint's uplink limit (set by scripts/bench-streams.sh), for
+                          the report: the largest frame's transmission time at that rate
   --json FILE             also write the results as JSON
 ";
 
@@ -106,6 +114,7 @@ struct Options {
     plugin_dir: Option<PathBuf>,
     endpoint_pid: Option<u32>,
     json: Option<PathBuf>,
+    uplink_bps: Option<u64>,
 }
 
 impl Default for Options {
@@ -125,6 +134,7 @@ impl Default for Options {
             plugin_dir: None,
             endpoint_pid: None,
             json: None,
+            uplink_bps: None,
         }
     }
 }
@@ -170,6 +180,16 @@ struct RunResult {
     latency_p50_ms: Option<f64>,
     latency_p99_ms: Option<f64>,
     latency_max_ms: Option<f64>,
+    /// Video frames in the window: enters kvssink → block read by the endpoint.
+    frames_measured: u64,
+    frame_p50_ms: Option<f64>,
+    frame_p99_ms: Option<f64>,
+    frame_max_ms: Option<f64>,
+    /// Fragments PERSISTED in the window: last frame enters kvssink → PERSISTED sent.
+    fragment_p50_ms: Option<f64>,
+    fragment_p99_ms: Option<f64>,
+    /// The clip's largest video frame, bytes.
+    largest_frame: u64,
     /// Video frames delivered per stream per second in the window (30 = realtime).
     video_fps: f64,
     dropped: u64,
@@ -248,6 +268,7 @@ fn parse_options(args: &[String]) -> Result<Option<Options>, String> {
             "--bitrate" => o.bitrate_kbps = number(value()?)? as u32,
             "--gop" => o.gop = (number(value()?)? as u32).max(1),
             "--no-audio" => o.audio = false,
+            "--uplink-bps" => o.uplink_bps = Some(number(value()?)?),
             "--audio-offset-us" => o.audio_offset_us = number(value()?)?,
             "--media-dir" => o.media_dir = Some(PathBuf::from(value()?)),
             "--plugin-dir" => o.plugin_dir = Some(PathBuf::from(value()?)),
@@ -537,11 +558,11 @@ fn render_tables(o: &Options, results: &[RunResult]) -> String {
     );
     let _ = writeln!(
         s,
-        "| streams | sink | window s | CPU s | CPU s / stream-min | % of a core / stream | peak RSS MiB | video fps / stream | PERSISTED | latency p50 ms | p99 ms | max ms | EOS s | dropped | errors | endpoint CPU % |"
+        "| streams | sink | window s | CPU s | CPU s / stream-min | % of a core / stream | peak RSS MiB | video fps / stream | PERSISTED | frame p50 ms | frame p99 ms | frame max ms | fragment p50 ms | fragment p99 ms | EOS s | dropped | errors | endpoint CPU % |"
     );
     let _ = writeln!(
         s,
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in results {
         let per = per_stream_minute(r);
@@ -549,7 +570,7 @@ fn render_tables(o: &Options, results: &[RunResult]) -> String {
         let dash_unless_kvs = |v: String| if is_kvs { v } else { "–".to_owned() };
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.streams,
             r.sink.map_or("?", Sink::name),
             r.window_s,
@@ -559,13 +580,24 @@ fn render_tables(o: &Options, results: &[RunResult]) -> String {
             r.peak_rss_kib as f64 / 1024.0,
             r.video_fps,
             dash_unless_kvs(r.persisted.to_string()),
-            f1(r.latency_p50_ms),
-            f1(r.latency_p99_ms),
-            f1(r.latency_max_ms),
+            f1(r.frame_p50_ms),
+            f1(r.frame_p99_ms),
+            f1(r.frame_max_ms),
+            f1(r.fragment_p50_ms),
+            f1(r.fragment_p99_ms),
             f1(r.eos_s),
             dash_unless_kvs(r.dropped.to_string()),
             r.errors.len() as u64 + r.error_acks,
             f1(r.endpoint_cpu_pct),
+        );
+    }
+    if let Some(bps) = o.uplink_bps {
+        let largest = results.iter().map(|r| r.largest_frame).max().unwrap_or(0);
+        let _ = writeln!(
+            s,
+            "\nUplink limited to {:.2} Mbit/s per connection: the largest video frame ({largest} bytes) takes {:.1} ms to send.",
+            bps as f64 / 1e6,
+            largest as f64 * 8.0 / bps as f64 * 1000.0
         );
     }
     // kvssink's share: the kvssink run minus the baseline run with the same stream count.
@@ -621,6 +653,8 @@ struct Track {
     buffers: Vec<gst::Buffer>,
     /// Length of one loop: the next loop's first buffer gets `pts + period`.
     period: gst::ClockTime,
+    /// The largest buffer, bytes.
+    largest: usize,
 }
 
 /// Replays a track in a loop with continuing timestamps, starting at `offset`.
@@ -691,6 +725,14 @@ fn run_child(spec: &ChildSpec) -> Result<RunResult, String> {
         .downcast::<gst::Bin>()
         .map_err(|_| "the pipeline is not a bin")?;
 
+    let entries: Vec<Entries> = (0..n).map(|_| Entries::default()).collect();
+    if spec.sink == Sink::Kvssink {
+        for (i, e) in entries.iter().enumerate() {
+            let sink = pipeline.by_name(&format!("sink{i}")).ok_or("no kvssink")?;
+            record_entries(&sink, e);
+        }
+    }
+
     // Stagger the streams by a fraction of a GOP, as independent cameras are.
     let gop = gst::ClockTime::from_nseconds(spec.gop as u64 * 1_000_000_000 / FPS);
     let mut sources = Vec::new();
@@ -732,6 +774,7 @@ fn run_child(spec: &ChildSpec) -> Result<RunResult, String> {
         .map_err(|e| format!("cannot start the pipeline: {e}"))?;
 
     let window_start = started + Duration::from_secs(spec.warmup);
+    let wall_start = SystemTime::now() + Duration::from_secs(spec.warmup);
     let window_end = window_start + Duration::from_secs(spec.seconds);
     let mut at_start: Option<(f64, u64)> = None;
     let mut eos = false;
@@ -763,6 +806,7 @@ fn run_child(spec: &ChildSpec) -> Result<RunResult, String> {
         }
     }
     let window_end_at = Instant::now();
+    let wall_end = SystemTime::now();
     let (cpu0, frames0) = at_start.unwrap_or((0.0, 0));
     r.cpu_s = process_cpu("/proc/self/stat").unwrap_or(0.0) - cpu0;
     r.window_s = window_end_at
@@ -812,7 +856,158 @@ fn run_child(spec: &ChildSpec) -> Result<RunResult, String> {
         }
     }
     let _ = pipeline.set_state(gst::State::Null);
+    r.largest_frame = video.largest as u64;
+    if spec.sink == Sink::Kvssink {
+        let (mut frames, mut fragments) = (Vec::new(), Vec::new());
+        for (i, e) in entries.iter().enumerate() {
+            match stream_latencies(&format!("bench-{run_id}-{i}"), e, wall_start..wall_end) {
+                Ok((f, g)) => {
+                    frames.extend(f);
+                    fragments.extend(g);
+                }
+                Err(e) => r.errors.push(e),
+            }
+        }
+        frames.sort_unstable();
+        fragments.sort_unstable();
+        r.frames_measured = frames.len() as u64;
+        let ms = |v: Option<u64>| v.map(|v| v as f64 / 1000.0);
+        r.frame_p50_ms = ms(percentile(&frames, 50.0));
+        r.frame_p99_ms = ms(percentile(&frames, 99.0));
+        r.frame_max_ms = ms(frames.last().copied());
+        r.fragment_p50_ms = ms(percentile(&fragments, 50.0));
+        r.fragment_p99_ms = ms(percentile(&fragments, 99.0));
+        if frames.is_empty() {
+            r.errors.push(
+                "no frame latency measured: start the endpoint with --record-frame-arrivals".into(),
+            );
+        }
+    }
     Ok(r)
+}
+
+/// When each buffer entered a kvssink: per track (1 video, 2 audio), running time in ms → wall
+/// clock in µs since the epoch.
+#[derive(Default, Clone)]
+struct Entries(Arc<Mutex<[BTreeMap<i64, u64>; 2]>>);
+
+fn unix_us(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+fn record_entries(sink: &gst::Element, entries: &Entries) {
+    for pad in sink.sink_pads() {
+        let slot = usize::from(pad.name().starts_with("audio"));
+        let entries = entries.clone();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+            let now = unix_us(SystemTime::now());
+            let segment = pad
+                .sticky_event::<gst::event::Segment>(0)
+                .and_then(|e| e.segment().downcast_ref::<gst::ClockTime>().cloned());
+            if let (Some(b), Some(seg)) = (info.buffer(), segment)
+                && let Some(rt) = b.pts().and_then(|t| seg.to_running_time(t))
+            {
+                entries.0.lock().unwrap_or_else(|e| e.into_inner())[slot]
+                    .insert(rt.mseconds() as i64, now);
+            }
+            gst::PadProbeReturn::Ok
+        });
+    }
+}
+
+/// `GET path` from the local endpoint (`CONTROL_PLANE_URI`, plain HTTP on loopback), as JSON.
+fn endpoint_get(path: &str) -> Result<serde_json::Value, String> {
+    use std::io::{Read, Write};
+    let uri = std::env::var("CONTROL_PLANE_URI").map_err(|_| "CONTROL_PLANE_URI is not set")?;
+    let host = uri
+        .strip_prefix("http://")
+        .ok_or("the benchmark reads the endpoint over plain HTTP")?
+        .trim_end_matches('/');
+    let mut conn = std::net::TcpStream::connect(host).map_err(|e| format!("{host}: {e}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    write!(conn, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw).map_err(|e| e.to_string())?;
+    let at = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no HTTP header end")?;
+    serde_json::from_slice(&raw[at + 4..]).map_err(|e| format!("{path}: {e}"))
+}
+
+/// Frame latencies (video) and fragment latencies of one stream in the window, µs.
+fn stream_latencies(
+    name: &str,
+    entries: &Entries,
+    window: std::ops::Range<SystemTime>,
+) -> Result<(Vec<u64>, Vec<u64>), String> {
+    let fragments = endpoint_get(&format!("/_local/streams/{name}/fragments"))?;
+    let fragments = fragments.as_array().ok_or("fragments: not a list")?;
+    let entries = entries.0.lock().unwrap_or_else(|e| e.into_inner());
+    let (from, to) = (unix_us(window.start), unix_us(window.end));
+    let arrivals = |f: &serde_json::Value| -> Vec<(u64, i64, u64)> {
+        f["frame_arrivals"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|x| {
+                        (
+                            x["track"].as_u64().unwrap_or(0),
+                            x["timecode"].as_i64().unwrap_or(0),
+                            x["at_unix_us"].as_u64().unwrap_or(0),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // One offset maps running time onto timecodes: the first video frame's.
+    let first_video = fragments
+        .iter()
+        .flat_map(&arrivals)
+        .find(|a| a.0 == 1)
+        .ok_or(format!("{name}: no video frame arrived"))?;
+    let first_entry = entries[0]
+        .keys()
+        .next()
+        .ok_or(format!("{name}: no video frame entered"))?;
+    let offset = first_video.1 - first_entry;
+    let entered = |track: u64, tc: i64| {
+        let map = &entries[usize::from(track == 2)];
+        (tc - offset - 1..=tc - offset + 1).find_map(|k| map.get(&k).copied())
+    };
+    let (mut frames, mut frags) = (Vec::new(), Vec::new());
+    for f in fragments {
+        if f["state"].as_str() != Some("Persisted") {
+            continue;
+        }
+        let a = arrivals(f);
+        for (track, tc, at) in &a {
+            if *track == 1
+                && (from..to).contains(at)
+                && let Some(e) = entered(*track, *tc)
+            {
+                frames.push(at.saturating_sub(e));
+            }
+        }
+        let persisted = f["acks"].as_array().and_then(|acks| {
+            acks.iter()
+                .find(|k| k["ack"]["EventType"].as_str() == Some("PERSISTED"))
+                .and_then(|k| {
+                    let secs = k["at"]["secs_since_epoch"].as_u64()?;
+                    let nanos = k["at"]["nanos_since_epoch"].as_u64()?;
+                    Some(secs * 1_000_000 + nanos / 1000)
+                })
+        });
+        if let (Some(p), Some(last)) = (persisted, a.iter().max_by_key(|x| x.1))
+            && (from..to).contains(&p)
+            && let Some(e) = entered(last.0, last.1)
+        {
+            frags.push(p.saturating_sub(e));
+        }
+    }
+    Ok((frames, frags))
 }
 
 /// Counts one bus message into `r`; PERSISTED latencies go to `latencies` when given (in the
@@ -1000,6 +1195,7 @@ fn make_track(caps: gst::Caps, mut buffers: Vec<gst::Buffer>) -> Result<Track, S
     }
     Ok(Track {
         caps,
+        largest: buffers.iter().map(|b| b.size()).max().unwrap_or(0),
         buffers,
         period: end,
     })

@@ -36,6 +36,9 @@ Options:
   --max-fragment-duration-ms N   ERROR 4002 above this (default 10000)
   --max-connection-duration-s N  ERROR 4003 after this (default 2700)
   --idle-timeout-s N          end a PutMedia response after N s without data (default 30)
+  --uplink-bps N              read each PutMedia body at most N bits/s (a device's uplink)
+  --record-frame-arrivals     record when each block was read (frame_arrivals in
+                              /_local/streams/NAME/fragments)
   --activation-delay-ms N     streams stay CREATING this long (default 0)
   --credential-lifetime SECS  credentials (given, added, IoT-minted) expire after SECS seconds;
                               then new requests get ExpiredTokenException (default: never;
@@ -182,6 +185,11 @@ fn run() -> Result<(), String> {
             "--max-fragment-duration-ms" => config.limits.max_fragment_duration = ms(value()?)?,
             "--max-connection-duration-s" => config.max_connection_duration = secs(value()?)?,
             "--idle-timeout-s" => config.idle_timeout = secs(value()?)?,
+            "--uplink-bps" => {
+                config.uplink_bps =
+                    Some(value()?.parse().map_err(|e| format!("--uplink-bps: {e}"))?)
+            }
+            "--record-frame-arrivals" => config.record_frame_arrivals = true,
             "--activation-delay-ms" => config.stream_activation_delay = ms(value()?)?,
             "--credential-lifetime" => config.credential_lifetime = Some(secs(value()?)?),
             "--iot" => iot = Some(IotEndpointConfig::default()),

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # End-to-end benchmark: 1 and 8 realtime 1080p30 streams through kvssink into the local KVS
-# endpoint; prints CPU per stream-minute, peak RSS and fragment latency (see
+# endpoint; prints CPU per stream-minute, peak RSS, frame latency and fragment latency (see
 # examples/bench_streams.rs for the method, docs/benchmarks.md for results).
 #
 #   scripts/bench-streams.sh                       # defaults: --streams 1,8 --seconds 60
 #   scripts/bench-streams.sh --streams 4 --seconds 30 --no-baseline
+#   scripts/bench-streams.sh --uplink-bps 6300000 --streams 1   # a slow uplink per connection
 #
-# Arguments go to bench_streams (--help lists them). Builds the plugin and the benchmark with
+# Arguments go to bench_streams (--help lists them); --uplink-bps N also limits how fast the
+# endpoint reads each PutMedia connection (a device's uplink). Builds the plugin and the benchmark with
 # the release profile (what users ship) and the endpoint with the demo profile; the endpoint
 # runs as its own process on 127.0.0.1, so its CPU is not counted in the element's figures.
 # Honours CARGO_TARGET_DIR. Exits non-zero on any error, dropped fragment or ERROR ACK.
@@ -35,9 +37,17 @@ cleanup() {
 }
 trap cleanup EXIT
 
+ENDPOINT_ARGS=(--record-frame-arrivals)
+ARGS=("$@")
+for ((i = 0; i < ${#ARGS[@]}; i++)); do
+  if [ "${ARGS[$i]}" = "--uplink-bps" ] && [ $((i + 1)) -lt ${#ARGS[@]} ]; then
+    ENDPOINT_ARGS+=(--uplink-bps "${ARGS[$((i + 1))]}")
+  fi
+done
+
 # Stored fragments are not needed: they go to the temporary directory, removed at exit.
 "$TARGET/demo/examples/kvs_local_endpoint" --bind 127.0.0.1 --storage-dir "$WORK/storage" \
-  >"$LOG" 2>&1 &
+  "${ENDPOINT_ARGS[@]}" >"$LOG" 2>&1 &
 ENDPOINT_PID=$!
 for _ in $(seq 100); do
   grep -q '^export CONTROL_PLANE_URI=' "$LOG" && break

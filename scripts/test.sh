@@ -10,13 +10,11 @@ cd "$(dirname "$0")/.."
 ensure_packages "${KVSSINK_BUILD_PACKAGES[@]}" "${KVSSINK_RUNTIME_PACKAGES[@]}" "${KVSSINK_TEST_PACKAGES[@]}"
 ensure_rust
 
-if [ ! -d ../shared/reference ]; then
-  echo "error: ../shared (reference files and test media) must sit beside the project" >&2
-  exit 1
-fi
-
 # Tests must not pick up a developer's GStreamer debug settings or a stale registry.
 unset GST_DEBUG GST_PLUGIN_PATH
+# No test may ask the EC2 instance-metadata address for credentials (the test binaries set this
+# themselves too, see tests/common/no_instance_metadata.rs).
+export AWS_EC2_METADATA_DISABLED=true
 export GST_REGISTRY="${CARGO_TARGET_DIR:-$PWD/target}/gst-registry.bin"
 
 echo "==> cargo fmt --check"

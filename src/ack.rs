@@ -2,7 +2,7 @@
 //! error ACKs.
 //!
 //! The service answers a PutMedia request with a stream of JSON objects, one per event, normally
-//! newline-separated (kvs-reference.md §4.1):
+//! newline-separated (docs/kvs-protocol.md §6.1):
 //! `{"EventType":"PERSISTED","FragmentTimecode":1615717079836,"FragmentNumber":"9134…"}`.
 //! Bytes arrive in arbitrary chunks, so [`AckParser`] keeps the unparsed tail between calls
 //! (serde_json's `StreamDeserializer`, which handles any whitespace between objects). Unlike the
@@ -167,7 +167,7 @@ impl AckParser {
     }
 }
 
-/// How an ERROR ACK is handled, by `ErrorId` (kvs-reference.md §4.4).
+/// How an ERROR ACK is handled, by `ErrorId` (docs/kvs-protocol.md §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ErrorClass {
     /// The fragment can be sent again; otherwise it is skipped (reported as dropped).
@@ -211,7 +211,7 @@ pub fn classify_error(error_id: u64) -> ErrorClass {
     }
 }
 
-/// The service's `ErrorCode` name for an `ErrorId` (kvs-reference.md §4.1, §4.4).
+/// The service's `ErrorCode` name for an `ErrorId` (docs/kvs-protocol.md §6.3).
 pub fn error_code_name(error_id: u64) -> &'static str {
     match error_id {
         4000 => "STREAM_READ_ERROR",

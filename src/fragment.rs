@@ -1,11 +1,15 @@
-//! Fragmenter: ordered, stamped frames → KVS fragments (one Cluster each) and the session header.
+//! Fragmenter: ordered, stamped frames → KVS fragments (one Cluster each) and the session header,
+//! emitted piece by piece as the frames are packed.
 //!
 //! What a fragment is: optional metadata `Tags` chains, then a Cluster (unknown size, Timecode,
 //! Position 0) with its SimpleBlocks; the last fragment of a stream also carries the
-//! `AWS_KINESISVIDEO_END_OF_FRAGMENT` tag after its blocks. A completed [`Fragment`] is a small
-//! list of `Bytes` (its head, then one `Bytes` per SimpleBlock) that the uploader sends as is;
-//! the session header ([`Fragment::header`]) is sent before the first fragment of every
-//! connection and whenever [`Fragment::header_changed`] is set.
+//! `AWS_KINESISVIDEO_END_OF_FRAGMENT` tag after its blocks. The fragmenter emits it as
+//! [`Piece`]s: [`Piece::Start`] (the header it follows, its Tags and Cluster start), one
+//! [`Piece::Block`] per SimpleBlock as soon as the frame is packed, and [`Piece::End`] when the
+//! next fragment starts (or at a pause, flush or end of stream). The uploader streams the pieces
+//! of the open fragment as they come; [`FragmentAssembler`] joins them into whole [`Fragment`]s
+//! for the dump file and tests. The session header ([`Fragment::header`]) is sent before the
+//! first fragment of every connection and whenever [`Fragment::header_changed`] is set.
 //!
 //! ## When a fragment starts
 //! - The stream starts at the first key frame of the video track (frames before it are dropped
@@ -16,24 +20,41 @@
 //!   `fragment-duration` after the start (every audio frame is a random access point).
 //! - At the next video key frame after a codec configuration change (a new header: new
 //!   resolution/profile, or a track that got its configuration late) or a timestamp jump.
+//! - After [`Fragmenter::close`] (a pause or a flush): at the next video key frame.
 //! - A/V with a stalled video track: when no video frame came for `fragment-duration` (at least
 //!   2 s), audio frames start fragments by duration, so audio keeps flowing into bounded
 //!   fragments.
-//! - **Forced split**: when the next frame would make the cluster span more than 32767 timecode
-//!   units (the i16 relative timecode), it starts a new fragment even if it is not a key frame
-//!   (warning + counter). This only happens with GOPs longer than 32.7 s at the default scale,
-//!   which the service rejects anyway (its maximum fragment duration is 10 s: a GOP longer than
-//!   that gets a warning that names the encoder setting to change).
+//! - **Forced split**: when the next frame would lie more than 32767 timecode units after the
+//!   cluster timecode (the i16 relative timecode), it starts a new fragment even if it is not a
+//!   key frame (warning + counter). This only happens with GOPs longer than 32.7 s at the default
+//!   scale, which the service rejects anyway (its maximum fragment duration is 10 s: a GOP longer
+//!   than that gets a warning that names the encoder setting to change).
 //!
 //! ## Timecodes inside a cluster
-//! The Cluster Timecode is the *smallest* PTS of the fragment's frames, not the key frame's
-//! PTS: frames that follow the key frame in decode order but are shown before it (B-frames of an
-//! open GOP) then still get a non-negative relative timecode, with no distortion. The cluster
-//! timecodes must strictly increase; if one would not (pathological input), it is raised to the
-//! previous one + 1 unit and the frames below it are clamped to relative timecode 0 (counted,
-//! warned). Together with the forced split this makes every relative timecode lie in 0..=32767.
-//! Since the timecode is known only when the fragment is complete, block headers are written with
-//! a placeholder and patched when the fragment closes; fragments are emitted when complete.
+//! The Cluster Timecode is written when the fragment starts, before its other frames are known:
+//! it is the smaller of the first frame's PTS and DTS (and of the PTS of the audio kept for the
+//! first fragment). Every later frame of the fragment has a PTS at or above the first frame's DTS
+//! (per track DTS never decreases and PTS ≥ DTS, see [`crate::timeline`]; the interleaver puts
+//! the other tracks' frames presented before a key frame in the fragment it closes), so frames
+//! that follow the key frame in decode order but are shown before it (B-frames of an open GOP)
+//! still get a non-negative relative timecode, with no distortion. Without B-frames this is the
+//! key frame's PTS, as in the reference. The cluster timecodes strictly increase and a fragment
+//! starts after the previous fragment's last frame (the service's 4004): when the first frame
+//! would not, the cluster timecode is raised and the frames below it are clamped to relative
+//! timecode 0 (counted). Together with the forced split every relative timecode lies in
+//! 0..=32767.
+//!
+//! ## Track completeness (the service's ErrorId 4011)
+//! The service refuses a fragment without a frame of a track its session header declares. The
+//! header is chosen when the fragment's first piece is emitted, so a fragment is **held** at its
+//! start until each track that gave frames during the previous fragment (every configured track
+//! for the first fragment or after a header change) has given one, at most [`MAX_TRACK_HOLD_NS`]
+//! of media time. Then it is released with a header listing the tracks that have frames in it; a
+//! track left out (silent for the whole hold, or silent in the previous fragment and late in this
+//! one) has its frames dropped, counted, until the next fragment, which waits for it again. A fragment that ends while held is released whole, the same way. With live A/V the
+//! hold costs the first frames of a fragment at most the gap to the other track's next frame (an
+//! audio frame: ~21 ms for AAC at 48 kHz, 20–40 ms for G.711 packets); a track that stops costs
+//! the first [`MAX_TRACK_HOLD_NS`] of the fragment in which it stopped, once.
 //!
 //! ## Key flag
 //! SimpleBlocks of video key frames get flag 0x80. As in the reference, audio blocks are flagged
@@ -41,9 +62,8 @@
 //!
 //! ## Memory
 //! Frames arrive already copied into an [`Arena`] (the one copy of the payload, made by the
-//! caller when the frame is pushed). The fragmenter only moves those buffers; per fragment it
-//! allocates its parts list, and the arena allocates a new chunk every few megabytes. Nothing is
-//! allocated per frame in steady state.
+//! caller when the frame is pushed). The fragmenter patches the block header in place and hands
+//! the buffer on frozen; nothing is allocated per frame in steady state.
 
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher};
@@ -209,6 +229,105 @@ impl Fragment {
     }
 }
 
+/// The first piece of a fragment: what it follows and its first bytes.
+#[derive(Debug, Clone)]
+pub struct FragmentStart {
+    /// 0, 1, 2, … per stream.
+    pub sequence: u64,
+    /// The Cluster Timecode as written (see [`Fragment::timecode`]).
+    pub timecode: u64,
+    /// The cluster's time on the KVS axis (ns).
+    pub start_ns: u64,
+    /// Starts with a key frame.
+    pub key: bool,
+    /// The session header this fragment follows.
+    pub header: Bytes,
+    /// The header differs from the previous fragment's (or this is the first fragment).
+    pub header_changed: bool,
+    /// Tags + Cluster + Timecode + Position, then the blocks packed while the fragment was held.
+    pub parts: Vec<Bytes>,
+}
+
+/// The last piece of a fragment.
+#[derive(Debug, Clone)]
+pub struct FragmentEnd {
+    pub sequence: u64,
+    /// From the start to the end of the last frame.
+    pub duration_ns: u64,
+    /// Frames per track index.
+    pub frame_counts: [u32; MAX_TRACKS],
+    /// End of stream: metadata not sent yet and the end-of-fragment tag.
+    pub tail: Option<Bytes>,
+    pub end_of_stream: bool,
+}
+
+impl FragmentEnd {
+    pub fn frames(&self) -> u32 {
+        self.frame_counts.iter().sum()
+    }
+}
+
+/// What the fragmenter emits, in order: for each fragment a `Start`, its `Block`s, an `End`.
+#[derive(Debug, Clone)]
+pub enum Piece {
+    Start(FragmentStart),
+    /// One SimpleBlock of the open fragment.
+    Block(Bytes),
+    End(FragmentEnd),
+}
+
+/// Joins [`Piece`]s into whole [`Fragment`]s.
+#[derive(Debug, Default)]
+pub struct FragmentAssembler {
+    open: Option<Fragment>,
+    /// Parts of the last fragment: room reserved for the next one, once.
+    last_parts: usize,
+}
+
+impl FragmentAssembler {
+    /// Adds the next piece; returns the fragment it completes.
+    pub fn push(&mut self, piece: Piece) -> Option<Fragment> {
+        match piece {
+            Piece::Start(mut s) => {
+                s.parts
+                    .reserve(self.last_parts.saturating_sub(s.parts.len()));
+                self.open = Some(Fragment {
+                    sequence: s.sequence,
+                    timecode: s.timecode,
+                    start_ns: s.start_ns,
+                    duration_ns: 0,
+                    len: s.parts.iter().map(Bytes::len).sum(),
+                    parts: s.parts,
+                    frame_counts: [0; MAX_TRACKS],
+                    key: s.key,
+                    header: s.header,
+                    header_changed: s.header_changed,
+                    end_of_stream: false,
+                });
+                None
+            }
+            Piece::Block(b) => {
+                let f = self.open.as_mut()?;
+                f.len += b.len();
+                f.parts.push(b);
+                None
+            }
+            Piece::End(e) => {
+                let mut f = self.open.take()?;
+                self.last_parts = f.parts.len() + 1;
+                f.duration_ns = e.duration_ns;
+                f.frame_counts = e.frame_counts;
+                f.end_of_stream = e.end_of_stream;
+                if let Some(t) = e.tail {
+                    f.len += t.len();
+                    f.parts.push(t);
+                }
+                Some(f)
+            }
+        }
+    }
+}
+
 /// How fragments are cut (from the element's properties).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FragmenterConfig {
@@ -252,6 +371,11 @@ pub struct FragmenterStats {
     pub frames_clamped: u64,
     /// Session headers built.
     pub headers: u64,
+    /// Frames of a track that the open fragment's header leaves out (silent for the whole hold
+    /// at its start), dropped until the next fragment.
+    pub dropped_track_absent: u64,
+    /// Fragments held at their start for a track's first frame that were released without it.
+    pub hold_timeouts: u64,
 }
 
 /// Why a track cannot be added.
@@ -275,22 +399,24 @@ struct TrackState {
 }
 
 #[derive(Debug)]
-struct Block {
-    bytes: BytesMut,
-    pts_units: u64,
-}
-
-#[derive(Debug)]
 struct OpenFragment {
-    head: BytesMut,
-    tags_len: usize,
-    blocks: Vec<Block>,
-    min_units: u64,
+    sequence: u64,
+    /// The cluster timecode's time base (absolute units).
+    base: u64,
+    timecode: u64,
     max_units: u64,
     first_pts: u64,
     end_ns: u64,
     counts: [u32; MAX_TRACKS],
     key: bool,
+    /// Track mask of the header it was released with; `None` while held.
+    released: Option<u32>,
+    /// Tracks it waits for while held.
+    wanted: u32,
+    /// Tracks that gave a frame to it, kept or dropped.
+    live: u32,
+    /// Head and blocks packed while held.
+    held: Vec<Bytes>,
 }
 
 /// Builds fragments from frames that arrive in DTS order.
@@ -303,13 +429,19 @@ pub struct Fragmenter {
     primary: Option<usize>,
     numbers_frozen: bool,
     header: Option<Bytes>,
-    header_changed: bool,
+    /// The full header was rebuilt since the last fragment started.
+    header_rebuilt: bool,
     metadata: MetadataQueue,
     open: Option<OpenFragment>,
-    spare_blocks: Vec<Block>,
     prev_base_units: Option<u64>,
     /// The latest timecode (units) of a frame of the previous fragment.
     prev_last_units: Option<u64>,
+    /// Tracks that gave frames during the previous fragment (kept or dropped).
+    prev_tracks: u32,
+    /// Tracks that ended (EOS, pad released) and sent nothing since: never waited for.
+    ended: u32,
+    /// Frames of the previous fragment.
+    prev_frames: u32,
     sequence: u64,
     discontinuity_pending: bool,
     last_video_dts: Option<u64>,
@@ -326,6 +458,10 @@ pub struct Fragmenter {
     /// The header of the last fragment handed out.
     last_header: Option<Bytes>,
 }
+
+/// Longest a fragment is held at its start (media time) for a track's first frame; see the
+/// module docs.
+pub const MAX_TRACK_HOLD_NS: u64 = 500_000_000;
 
 /// How much audio before the first video key frame is kept for the first fragment.
 const MAX_LEAD_IN_NS: u64 = 2_000_000_000;
@@ -357,12 +493,14 @@ impl Fragmenter {
             primary: None,
             numbers_frozen: false,
             header: None,
-            header_changed: false,
+            header_rebuilt: false,
             metadata: MetadataQueue::new(),
             open: None,
-            spare_blocks: Vec::new(),
             prev_base_units: None,
             prev_last_units: None,
+            prev_tracks: 0,
+            ended: 0,
+            prev_frames: 8,
             sequence: 0,
             discontinuity_pending: false,
             last_video_dts: None,
@@ -447,8 +585,8 @@ impl Fragmenter {
             && f.pts.saturating_sub(open.first_pts) >= self.cfg.fragment_duration_ns
     }
 
-    /// Adds the next frame (in DTS order); completed fragments are appended to `out`.
-    pub fn push(&mut self, mut f: Frame, out: &mut VecDeque<Fragment>) {
+    /// Adds the next frame (in DTS order); what it produces is appended to `out`.
+    pub fn push(&mut self, mut f: Frame, out: &mut VecDeque<Piece>) {
         if let Some(cfg) = f.new_config.take() {
             self.tracks[f.track].pending = Some(cfg);
         }
@@ -474,10 +612,7 @@ impl Fragmenter {
                 None => true,
             };
             if may_start {
-                self.start_fragment(f, true);
-                while let Some(a) = self.lead_in.pop_front() {
-                    self.append(a);
-                }
+                self.start_fragment(f, true, out);
             } else if self.primary.is_some_and(|p| p != f.track) {
                 let newest = f.pts;
                 self.lead_in.push_back(f);
@@ -534,7 +669,7 @@ impl Fragmenter {
         }
         if !boundary {
             let u = self.timecodes.units(f.pts);
-            let span = open.max_units.max(u) - open.min_units.min(u);
+            let span = u.saturating_sub(open.base);
             if span > MAX_RELATIVE {
                 boundary = true;
                 key = f.key;
@@ -550,9 +685,9 @@ impl Fragmenter {
         }
         if boundary {
             self.close_fragment(false, out);
-            self.start_fragment(f, key);
+            self.start_fragment(f, key, out);
         } else {
-            self.append(f);
+            self.append(f, out);
         }
     }
 
@@ -561,7 +696,7 @@ impl Fragmenter {
         let header = self.header_for(u32::MAX);
         self.partial_headers.clear();
         self.header = Some(header);
-        self.header_changed = true;
+        self.header_rebuilt = true;
         self.stats.headers += 1;
     }
 
@@ -597,25 +732,38 @@ impl Fragmenter {
         header
     }
 
-    /// The header for a fragment with `counts` frames per track: the full one, or one without
-    /// the tracks that have no frame in it.
-    fn header_for_counts(&mut self, counts: &[u32; MAX_TRACKS]) -> Bytes {
+    /// Mask of the configured tracks.
+    fn configured_mask(&self) -> u32 {
+        (0..self.tracks.len())
+            .filter(|&i| self.tracks[i].config.is_some())
+            .fold(0, |m, i| m | (1 << i))
+    }
+
+    /// Mask of the tracks with frames in `counts`.
+    fn mask_of(counts: &[u32; MAX_TRACKS]) -> u32 {
+        (0..MAX_TRACKS)
+            .filter(|&i| counts[i] > 0)
+            .fold(0, |m, i| m | (1 << i))
+    }
+
+    /// The header for a fragment with frames of the tracks in `mask`: the full one, or one
+    /// without the tracks that have no frame in it. Returns it and the mask it lists.
+    fn header_for_mask(&mut self, mask: u32) -> (Bytes, u32) {
         let full = self
             .header
             .clone()
             .expect("a header exists once a fragment started");
-        if !self.cfg.omit_silent_tracks {
-            return full;
-        }
-        let configured = (0..self.tracks.len()).filter(|&i| self.tracks[i].config.is_some());
-        let (count, mask) = configured.fold((0u32, 0u32), |(n, m), i| {
-            (n + 1, if counts[i] > 0 { m | (1 << i) } else { m })
-        });
-        if count < 2 || mask == 0 || mask.count_ones() == count {
-            return full;
+        let configured = self.configured_mask();
+        let mask = mask & configured;
+        if !self.cfg.omit_silent_tracks
+            || configured.count_ones() < 2
+            || mask == 0
+            || mask == configured
+        {
+            return (full, configured);
         }
         if let Some((_, h)) = self.partial_headers.iter().find(|(m, _)| *m == mask) {
-            return h.clone();
+            return (h.clone(), mask);
         }
         tracing::info!(
             "a track has no frames in fragment {}: its session header leaves that track out",
@@ -623,10 +771,10 @@ impl Fragmenter {
         );
         let h = self.header_for(mask);
         self.partial_headers.push((mask, h.clone()));
-        h
+        (h, mask)
     }
 
-    fn start_fragment(&mut self, f: Frame, key: bool) {
+    fn start_fragment(&mut self, f: Frame, key: bool, out: &mut VecDeque<Piece>) {
         let mut changed = false;
         for t in &mut self.tracks {
             if let Some(p) = t.pending.take() {
@@ -640,58 +788,13 @@ impl Fragmenter {
             self.build_header();
         }
         self.discontinuity_pending = false;
-        let tags_len = self.metadata.encoded_len();
-        let buf = self.head_arena.reserve(tags_len + CLUSTER_START_LEN);
-        self.metadata
-            .take_for_fragment(|name, value| put_tag_chain(buf, name, value));
-        buf.put_bytes(0, CLUSTER_START_LEN);
-        let head = self.head_arena.take();
-        let u = self.timecodes.units(f.pts);
-        let mut blocks = std::mem::take(&mut self.spare_blocks);
-        blocks.clear();
-        self.open = Some(OpenFragment {
-            head,
-            tags_len,
-            blocks,
-            min_units: u,
-            max_units: u,
-            first_pts: f.pts,
-            end_ns: f.pts,
-            counts: [0; MAX_TRACKS],
-            key,
-        });
-        self.append(f);
-    }
 
-    fn append(&mut self, mut f: Frame) {
-        let t = &self.tracks[f.track];
-        let audio_only = self.primary.is_none();
-        let key_flag = f.key && (t.track_type == TrackType::Video || audio_only);
-        let header = simple_block_header(
-            t.number,
-            0,
-            if key_flag { FLAG_KEY } else { 0 },
-            f.block.len() - SIMPLE_BLOCK_HEADER_LEN,
-        );
-        f.block[..SIMPLE_BLOCK_HEADER_LEN].copy_from_slice(&header);
-        let u = self.timecodes.units(f.pts);
-        let open = self.open.as_mut().expect("append to an open fragment");
-        open.min_units = open.min_units.min(u);
-        open.max_units = open.max_units.max(u);
-        open.end_ns = open.end_ns.max(f.pts.saturating_add(f.duration));
-        open.counts[f.track] += 1;
-        open.blocks.push(Block {
-            bytes: f.block,
-            pts_units: u,
-        });
-        self.stats.frames += 1;
-    }
-
-    fn close_fragment(&mut self, end_of_stream: bool, out: &mut VecDeque<Fragment>) {
-        let Some(mut open) = self.open.take() else {
-            return;
-        };
-        let mut base = open.min_units;
+        let first_units = self.timecodes.units(f.pts);
+        let mut base = self
+            .lead_in
+            .iter()
+            .map(|a| self.timecodes.units(a.pts))
+            .fold(first_units.min(self.timecodes.units(f.dts)), u64::min);
         if let Some(prev) = self.prev_base_units
             && base <= prev
         {
@@ -702,85 +805,204 @@ impl Fragmenter {
                 prev + 1
             );
             base = prev + 1;
-        } else if self.prev_last_units == Some(base) {
-            // A frame of another track in the same timecode unit as this key frame, before it,
-            // ended the previous fragment: the service wants every frame of a fragment after
-            // the previous fragment's last one (4004), so this one moves up by the unit.
-            self.stats.timecodes_raised += 1;
-            tracing::debug!(
-                "fragment {}: starts in the unit of the previous fragment's last frame; raised by one",
-                self.sequence
-            );
-            base += 1;
         }
-        self.prev_base_units = Some(base);
-        self.prev_last_units = Some(open.max_units.max(base));
+        if let Some(prev_last) = self.prev_last_units
+            && base <= prev_last
+        {
+            // The service wants every frame of a fragment after the previous fragment's last
+            // one (4004). Only a frame in the same unit as it (another track's, a fraction of a
+            // unit earlier) moves: it is clamped to the raised timecode.
+            if first_units <= prev_last {
+                self.stats.timecodes_raised += 1;
+                tracing::debug!(
+                    "fragment {}: starts in the unit of the previous fragment's last frame; raised by one",
+                    self.sequence
+                );
+            }
+            base = prev_last + 1;
+        }
         let timecode = self.timecodes.cluster_timecode(base);
-        put_cluster_start(&mut &mut open.head[open.tags_len..], timecode);
 
-        let mut parts = Vec::with_capacity(open.blocks.len() + 2);
-        let mut len = open.head.len();
-        parts.push(open.head.freeze());
-        for mut b in open.blocks.drain(..) {
-            let rel = if b.pts_units < base {
-                self.stats.frames_clamped += 1;
-                0
-            } else {
-                (b.pts_units - base).min(MAX_RELATIVE)
-            };
-            b.bytes[10..12].copy_from_slice(&(rel as i16).to_be_bytes());
-            len += b.bytes.len();
-            parts.push(b.bytes.freeze());
+        let tags_len = self.metadata.encoded_len();
+        let buf = self.head_arena.reserve(tags_len + CLUSTER_START_LEN);
+        self.metadata
+            .take_for_fragment(|name, value| put_tag_chain(buf, name, value));
+        put_cluster_start(buf, timecode);
+        let head = self.head_arena.take().freeze();
+
+        let configured = self.configured_mask();
+        let wanted = if self.header_rebuilt || self.prev_tracks == 0 {
+            configured
+        } else {
+            self.prev_tracks & configured
+        } & !self.ended;
+        self.header_rebuilt = false;
+        // Room for every block once: no reallocation while held.
+        let mut held = Vec::with_capacity(self.prev_frames as usize + 2);
+        held.push(head);
+        self.open = Some(OpenFragment {
+            sequence: self.sequence,
+            base,
+            timecode,
+            max_units: base,
+            first_pts: f.pts,
+            end_ns: f.pts,
+            counts: [0; MAX_TRACKS],
+            key,
+            released: None,
+            wanted,
+            live: 0,
+            held,
+        });
+        self.sequence += 1;
+        self.append(f, out);
+        while let Some(a) = self.lead_in.pop_front() {
+            self.append(a, out);
         }
-        self.spare_blocks = open.blocks;
-        if end_of_stream {
+    }
+
+    /// `track` sends again after [`Self::end_track`].
+    pub fn resume_track(&mut self, track: usize) {
+        self.ended &= !(1 << track);
+    }
+
+    /// `track` ended (EOS, pad released): no fragment waits for it any more, the open one
+    /// included, until [`Self::resume_track`]. Its frames still queued upstream may follow.
+    pub fn end_track(&mut self, track: usize, out: &mut VecDeque<Piece>) {
+        self.ended |= 1 << track;
+        let Some(open) = self.open.as_mut() else {
+            return;
+        };
+        if open.released.is_some() {
+            return;
+        }
+        open.wanted &= !self.ended;
+        let have = Self::mask_of(&open.counts);
+        if have & open.wanted == open.wanted {
+            self.release(have, out);
+        }
+    }
+
+    /// Emits the held start of the open fragment with the header for `mask`.
+    fn release(&mut self, mask: u32, out: &mut VecDeque<Piece>) {
+        let (header, listed) = self.header_for_mask(mask);
+        let open = self.open.as_mut().expect("an open fragment");
+        open.released = Some(listed);
+        let parts = std::mem::take(&mut open.held);
+        let header_changed = self.last_header.as_ref() != Some(&header);
+        self.last_header = Some(header.clone());
+        out.push_back(Piece::Start(FragmentStart {
+            sequence: open.sequence,
+            timecode: open.timecode,
+            start_ns: open.base.saturating_mul(self.timecodes.scale_ns()),
+            key: open.key,
+            header,
+            header_changed,
+            parts,
+        }));
+    }
+
+    fn append(&mut self, mut f: Frame, out: &mut VecDeque<Piece>) {
+        let open = self.open.as_mut().expect("append to an open fragment");
+        open.live |= 1 << f.track;
+        if let Some(listed) = open.released
+            && listed & (1 << f.track) == 0
+        {
+            self.stats.dropped_track_absent += 1;
+            tracing::debug!(
+                "track {}: not in the header of fragment {}, frame dropped until the next fragment",
+                f.track,
+                open.sequence
+            );
+            return;
+        }
+        let t = &self.tracks[f.track];
+        let audio_only = self.primary.is_none();
+        let key_flag = f.key && (t.track_type == TrackType::Video || audio_only);
+        let u = self.timecodes.units(f.pts);
+        let rel = if u < open.base {
+            self.stats.frames_clamped += 1;
+            0
+        } else {
+            (u - open.base).min(MAX_RELATIVE)
+        };
+        let header = simple_block_header(
+            t.number,
+            rel as i16,
+            if key_flag { FLAG_KEY } else { 0 },
+            f.block.len() - SIMPLE_BLOCK_HEADER_LEN,
+        );
+        f.block[..SIMPLE_BLOCK_HEADER_LEN].copy_from_slice(&header);
+        let open = self.open.as_mut().expect("append to an open fragment");
+        open.max_units = open.max_units.max(u);
+        open.end_ns = open.end_ns.max(f.pts.saturating_add(f.duration));
+        open.counts[f.track] += 1;
+        self.stats.frames += 1;
+        let block = f.block.freeze();
+        if open.released.is_some() {
+            out.push_back(Piece::Block(block));
+            return;
+        }
+        open.held.push(block);
+        let have = Self::mask_of(&open.counts);
+        if have & open.wanted == open.wanted {
+            self.release(have, out);
+        } else if f.pts.saturating_sub(open.first_pts) >= MAX_TRACK_HOLD_NS {
+            self.stats.hold_timeouts += 1;
+            tracing::debug!(
+                "fragment {}: a track gave no frame within {} ms of its start; released without it",
+                open.sequence,
+                MAX_TRACK_HOLD_NS / 1_000_000
+            );
+            self.release(have, out);
+        }
+    }
+
+    fn close_fragment(&mut self, end_of_stream: bool, out: &mut VecDeque<Piece>) {
+        if self.open.as_ref().is_some_and(|o| o.released.is_none()) {
+            let have = Self::mask_of(&self.open.as_ref().expect("open").counts);
+            self.release(have, out);
+        }
+        let Some(open) = self.open.take() else {
+            return;
+        };
+        self.prev_base_units = Some(open.base);
+        self.prev_last_units = Some(open.max_units.max(open.base));
+        self.prev_tracks = open.live;
+        self.prev_frames = open.counts.iter().sum();
+        let tail = end_of_stream.then(|| {
             let unsent = self.metadata.unsent_encoded_len();
             let eofr = tag_chain_len(END_OF_FRAGMENT_TAG, "");
             let buf = self.head_arena.reserve(unsent + eofr);
             self.metadata
                 .take_unsent(|name, value| put_tag_chain(buf, name, value));
             put_tag_chain(buf, END_OF_FRAGMENT_TAG, "");
-            let tail = self.head_arena.take().freeze();
-            len += tail.len();
-            parts.push(tail);
-        }
-        let start_ns = base.saturating_mul(self.timecodes.scale_ns());
+            self.head_arena.take().freeze()
+        });
+        let start_ns = open.base.saturating_mul(self.timecodes.scale_ns());
         let duration_ns = open.end_ns.saturating_sub(start_ns);
         if duration_ns > MAX_SERVICE_FRAGMENT_DURATION_NS {
             self.stats.long_fragments += 1;
-            self.warn_long_fragment(duration_ns, &open.counts);
+            self.warn_long_fragment(open.sequence, duration_ns, &open.counts);
         }
-        let header = self.header_for_counts(&open.counts);
-        let frag = Fragment {
-            sequence: self.sequence,
-            timecode,
-            start_ns,
-            duration_ns,
-            parts,
-            len,
-            frame_counts: open.counts,
-            key: open.key,
-            header_changed: {
-                self.header_changed = false;
-                self.last_header.as_ref() != Some(&header)
-            },
-            header,
-            end_of_stream,
-        };
         tracing::trace!(
-            "fragment {}: timecode {timecode}, {} ms, {} frames, {} bytes",
-            frag.sequence,
+            "fragment {}: timecode {}, {} ms, {} frames",
+            open.sequence,
+            open.timecode,
             duration_ns / 1_000_000,
-            frag.frames(),
-            frag.len
+            open.counts.iter().sum::<u32>()
         );
-        self.last_header = Some(frag.header.clone());
-        self.sequence += 1;
         self.stats.fragments += 1;
-        out.push_back(frag);
+        out.push_back(Piece::End(FragmentEnd {
+            sequence: open.sequence,
+            duration_ns,
+            frame_counts: open.counts,
+            tail,
+            end_of_stream,
+        }));
     }
 
-    fn warn_long_fragment(&self, duration_ns: u64, counts: &[u32; MAX_TRACKS]) {
+    fn warn_long_fragment(&self, sequence: u64, duration_ns: u64, counts: &[u32; MAX_TRACKS]) {
         let video_frames = self.primary.map_or(0, |p| counts[p]);
         let max_s = MAX_SERVICE_FRAGMENT_DURATION_NS / 1_000_000_000;
         let msg = if !self.cfg.key_frame_fragmentation
@@ -799,13 +1021,13 @@ impl Fragmenter {
         if self.stats.long_fragments == 1 {
             tracing::warn!(
                 "fragment {} lasts {:.1} s, longer than the service's {max_s} s maximum fragment duration (it answers MAX_FRAGMENT_DURATION_REACHED): {msg}",
-                self.sequence,
+                sequence,
                 duration_ns as f64 / 1e9
             );
         } else {
             tracing::debug!(
                 "fragment {} lasts {:.1} s (> {max_s} s): {msg}",
-                self.sequence,
+                sequence,
                 duration_ns as f64 / 1e9
             );
         }
@@ -813,13 +1035,14 @@ impl Fragmenter {
 
     /// Closes the open fragment as the last one of the stream (with the end-of-fragment tag and
     /// any metadata not sent yet). The next frame must again be a key frame.
-    pub fn finish(&mut self, out: &mut VecDeque<Fragment>) {
+    pub fn finish(&mut self, out: &mut VecDeque<Piece>) {
         self.drop_lead_in();
         self.close_fragment(true, out);
     }
 
-    /// Closes the open fragment without ending the stream (flush).
-    pub fn close(&mut self, out: &mut VecDeque<Fragment>) {
+    /// Closes the open fragment without ending the stream (flush, pause); the next fragment
+    /// starts at a video key frame.
+    pub fn close(&mut self, out: &mut VecDeque<Piece>) {
         self.drop_lead_in();
         self.close_fragment(false, out);
     }
@@ -900,11 +1123,16 @@ mod tests {
     struct Feeder {
         fr: Fragmenter,
         arena: Arena,
-        out: VecDeque<Fragment>,
+        out: VecDeque<Piece>,
         configured: Vec<bool>,
     }
 
     impl Feeder {
+        fn frags(&mut self) -> Vec<Fragment> {
+            let mut asm = FragmentAssembler::default();
+            self.out.drain(..).filter_map(|p| asm.push(p)).collect()
+        }
+
         fn new(cfg: FragmenterConfig, tracks: &[TrackType]) -> Self {
             let mut fr = Fragmenter::new(cfg);
             for t in tracks {
@@ -975,6 +1203,8 @@ mod tests {
             FragmenterConfig::default(),
             &[TrackType::Video, TrackType::Audio],
         );
+        f.fr.set_initial_config(1, audio()).unwrap();
+        f.configured[1] = true;
         f.push(0, T0, T0, true, b"k1");
         f.push(1, T0 + 10 * MS, T0 + 10 * MS, true, b"a1");
         let key2 = T0 + 1000 * MS + 700_000;
@@ -982,7 +1212,7 @@ mod tests {
         f.push(0, key2, key2, true, b"k2");
         f.push(1, key2 + 40 * MS, key2 + 40 * MS, true, b"a3");
         f.fr.finish(&mut f.out);
-        let frags: Vec<Fragment> = f.out.drain(..).collect();
+        let frags: Vec<Fragment> = f.frags();
         assert_eq!(frags.len(), 2);
         let last_of_first = frags[0].timecode + blocks(&frags[0]).last().unwrap().1 as u64;
         assert_eq!(
@@ -1001,6 +1231,145 @@ mod tests {
         assert_eq!(f.fr.stats().timecodes_raised, 1);
     }
 
+    fn rel_of(block: &Bytes) -> i16 {
+        i16::from_be_bytes([block[10], block[11]])
+    }
+
+    #[test]
+    fn each_frame_is_emitted_as_it_is_packed() {
+        let mut f = Feeder::new(FragmenterConfig::default(), &[TrackType::Video]);
+        f.push(0, T0, T0, true, b"k1");
+        match f.out.pop_front() {
+            Some(Piece::Start(s)) => {
+                assert_eq!((s.sequence, s.timecode), (0, T0 / MS));
+                assert!(s.header_changed && s.key);
+                assert_eq!(s.parts.len(), 2, "head + the key frame");
+                assert_eq!(&s.parts[1][13..], b"k1");
+            }
+            other => panic!("{other:?}"),
+        }
+        f.push(0, T0 + 33 * MS, T0 + 33 * MS, false, b"p1");
+        match f.out.pop_front() {
+            Some(Piece::Block(b)) => assert_eq!((rel_of(&b), &b[13..]), (33, &b"p1"[..])),
+            other => panic!("{other:?}"),
+        }
+        assert!(f.out.is_empty());
+        f.push(0, T0 + 66 * MS, T0 + 66 * MS, true, b"k2");
+        match (f.out.pop_front(), f.out.pop_front()) {
+            (Some(Piece::End(e)), Some(Piece::Start(s))) => {
+                assert_eq!(
+                    (e.sequence, e.frame_counts[0], e.tail.is_none()),
+                    (0, 2, true)
+                );
+                assert_eq!((s.sequence, s.timecode), (1, T0 / MS + 66));
+                assert!(!s.header_changed);
+            }
+            other => panic!("{other:?}"),
+        }
+        f.fr.close(&mut f.out);
+        assert!(matches!(f.out.pop_front(), Some(Piece::End(e)) if !e.end_of_stream));
+        // After a close (pause), the next fragment starts at a key frame.
+        f.push(0, T0 + 99 * MS, T0 + 99 * MS, false, b"p2");
+        assert!(f.out.is_empty());
+        assert_eq!(f.fr.stats().dropped_before_key, 1);
+        f.push(0, T0 + 132 * MS, T0 + 132 * MS, true, b"k3");
+        assert!(matches!(f.out.pop_front(), Some(Piece::Start(s)) if s.sequence == 2));
+    }
+
+    fn av_feeder() -> Feeder {
+        let mut f = Feeder::new(
+            FragmenterConfig::default(),
+            &[TrackType::Video, TrackType::Audio],
+        );
+        f.fr.set_initial_config(0, video()).unwrap();
+        f.fr.set_initial_config(1, audio()).unwrap();
+        f.configured = vec![true, true];
+        f
+    }
+
+    #[test]
+    fn a_fragment_is_held_until_each_track_gave_a_frame() {
+        let mut f = av_feeder();
+        f.push(0, T0, T0, true, b"k1");
+        f.push(0, T0 + 33 * MS, T0 + 33 * MS, false, b"p1");
+        assert!(f.out.is_empty(), "held for the audio track");
+        f.push(1, T0 + 40 * MS, T0 + 40 * MS, false, b"a1");
+        match f.out.pop_front() {
+            Some(Piece::Start(s)) => {
+                assert_eq!(s.parts.len(), 4);
+                assert!(s.header.windows(5).any(|w| w == b"A_AAC"), "full header");
+            }
+            other => panic!("{other:?}"),
+        }
+        f.push(0, T0 + 66 * MS, T0 + 66 * MS, false, b"p2");
+        assert!(matches!(f.out.pop_front(), Some(Piece::Block(_))));
+        assert_eq!(f.fr.stats().hold_timeouts, 0);
+    }
+
+    #[test]
+    fn an_ended_track_is_not_waited_for() {
+        let mut f = av_feeder();
+        f.push(0, T0, T0, true, b"k");
+        f.push(0, T0 + 40 * MS, T0 + 40 * MS, false, b"d");
+        assert!(f.out.is_empty(), "held for the audio track");
+        f.fr.end_track(1, &mut f.out);
+        let Some(Piece::Start(s)) = f.out.pop_front() else {
+            panic!("released at once: {:?}", f.out.len())
+        };
+        assert!(!s.header.windows(5).any(|w| w == b"A_AAC"));
+        assert_eq!(f.fr.stats().hold_timeouts, 0);
+        // Nor are the next fragments, even when audio frames sent before the end arrive late.
+        f.push(1, T0 + 50 * MS, T0 + 50 * MS, false, b"a");
+        f.out.clear();
+        f.push(0, T0 + 80 * MS, T0 + 80 * MS, true, b"k2");
+        assert!(f.out.iter().any(|p| matches!(p, Piece::Start(_))));
+    }
+
+    #[test]
+    fn a_silent_track_is_left_out_after_the_hold_and_waited_for_again_once_it_is_back() {
+        let mut f = av_feeder();
+        for i in 0..16u64 {
+            f.push(0, T0 + i * 40 * MS, T0 + i * 40 * MS, i == 0, &[i as u8]);
+        }
+        // Released once 500 ms of video passed without audio, with a video-only header.
+        let start = f
+            .out
+            .iter()
+            .position(|p| matches!(p, Piece::Start(_)))
+            .unwrap();
+        let Piece::Start(s) = &f.out[start] else {
+            unreachable!()
+        };
+        assert_eq!(
+            s.parts.len(),
+            1 + 14,
+            "held frames 0..=13 (13 × 40 ms ≥ 500 ms)"
+        );
+        assert!(!s.header.windows(5).any(|w| w == b"A_AAC"));
+        assert_eq!(f.fr.stats().hold_timeouts, 1);
+        // Audio comes back: not in this fragment's header, dropped until the next fragment.
+        f.push(1, T0 + 650 * MS, T0 + 650 * MS, false, b"a");
+        assert_eq!(f.fr.stats().dropped_track_absent, 1);
+        // The next fragment waits for it again and gets the full header.
+        f.out.clear();
+        f.push(0, T0 + 680 * MS, T0 + 680 * MS, true, b"k2");
+        assert!(matches!(f.out.pop_front(), Some(Piece::End(_))));
+        assert!(f.out.is_empty(), "held for the audio track");
+        f.push(1, T0 + 690 * MS, T0 + 690 * MS, false, b"a2");
+        match f.out.pop_front() {
+            Some(Piece::Start(s)) => assert!(s.header.windows(5).any(|w| w == b"A_AAC")),
+            other => panic!("{other:?}"),
+        }
+        f.fr.finish(&mut f.out);
+        match f.out.pop_back() {
+            Some(Piece::End(e)) => {
+                assert_eq!(e.frame_counts, [1, 1, 0]);
+                assert!(e.end_of_stream && e.tail.is_some());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn a_fragment_per_key_frame_with_exact_blocks() {
         let mut f = Feeder::new(FragmenterConfig::default(), &[TrackType::Video]);
@@ -1015,7 +1384,7 @@ mod tests {
             );
         }
         f.fr.finish(&mut f.out);
-        let frags: Vec<Fragment> = f.out.drain(..).collect();
+        let frags: Vec<Fragment> = f.frags();
         assert_eq!(frags.len(), 2);
         assert_eq!(f.fr.stats().dropped_before_key, 1);
         let (a, b) = (&frags[0], &frags[1]);
@@ -1063,14 +1432,16 @@ mod tests {
             f.push(0, T0 + p * MS, T0 + d * MS, k, &[i as u8]);
         }
         f.fr.finish(&mut f.out);
-        let frags: Vec<Fragment> = f.out.drain(..).collect();
-        assert_eq!(frags[0].timecode, T0 / MS + 80);
+        let frags: Vec<Fragment> = f.frags();
+        // The cluster starts at the key frame's DTS: every later frame is presented after it.
+        assert_eq!(frags[0].timecode, T0 / MS);
         let rel: Vec<i16> = blocks(&frags[0]).iter().map(|b| b.1).collect();
-        assert_eq!(rel, vec![0, 120, 40, 80]);
-        // The second cluster starts at the leading picture's PTS.
-        assert_eq!(frags[1].timecode, T0 / MS + 320);
+        assert_eq!(rel, vec![80, 200, 120, 160]);
+        // The second cluster starts after the first fragment's last frame (200), below its
+        // key frame's DTS (160) would be 4004; the leading picture (320) stays after it.
+        assert_eq!(frags[1].timecode, T0 / MS + 201);
         let rel: Vec<i16> = blocks(&frags[1]).iter().map(|b| b.1).collect();
-        assert_eq!(rel, vec![40, 0]);
+        assert_eq!(rel, vec![159, 119]);
         assert_eq!(f.fr.stats().frames_clamped, 0);
     }
 
@@ -1081,7 +1452,7 @@ mod tests {
             f.push(0, T0 + i * 1000 * MS, T0 + i * 1000 * MS, i == 0, &[1]);
         }
         f.fr.finish(&mut f.out);
-        let frags: Vec<Fragment> = f.out.drain(..).collect();
+        let frags: Vec<Fragment> = f.frags();
         assert_eq!(frags.len(), 2);
         assert_eq!(frags[0].frames(), 33);
         assert!(frags[0].key && !frags[1].key);
@@ -1103,7 +1474,7 @@ mod tests {
             f.push(0, T0 + i * 40 * MS, T0 + i * 40 * MS, i % 10 == 0, &[1]);
         }
         f.fr.finish(&mut f.out);
-        let counts: Vec<u32> = f.out.drain(..).map(|x| x.frames()).collect();
+        let counts: Vec<u32> = f.frags().iter().map(|x| x.frames()).collect();
         // fragments start at the first key frame ≥ 1 s after the start: frames 0, 30.
         assert_eq!(counts, vec![30, 20]);
 
@@ -1112,7 +1483,7 @@ mod tests {
             f.push(0, T0 + i * 23 * MS, T0 + i * 23 * MS, true, &[2]);
         }
         f.fr.finish(&mut f.out);
-        let frags: Vec<Fragment> = f.out.drain(..).collect();
+        let frags: Vec<Fragment> = f.frags();
         assert_eq!(frags.iter().map(|x| x.frames()).sum::<u32>(), 100);
         assert_eq!(frags[0].frames(), 44); // 44 × 23 ms ≥ 1 s
         assert!(blocks(&frags[0]).iter().all(|b| b.2 == 0x80));
@@ -1173,7 +1544,7 @@ mod tests {
         push_v(&mut f, 50, false);
         push_a(&mut f, 43);
         f.fr.finish(&mut f.out);
-        let frag = f.out.pop_front().unwrap();
+        let frag = f.frags().remove(0);
         assert_eq!(f.fr.track_number(1), Some(1));
         assert_eq!(f.fr.track_number(0), Some(2));
         let b = blocks(&frag);
@@ -1200,7 +1571,7 @@ mod tests {
         f.push(0, T0 + 40 * MS, T0 + 40 * MS, true, &[2]);
         f.fr.add_metadata("unsent", "y", false).unwrap();
         f.fr.finish(&mut f.out);
-        let frags: Vec<Fragment> = f.out.drain(..).collect();
+        let frags: Vec<Fragment> = f.frags();
         let names = |b: &[u8]| -> Vec<String> {
             let mut v = Vec::new();
             let mut i = 0;
@@ -1244,7 +1615,7 @@ mod tests {
             &mut f.out,
         );
         f.fr.finish(&mut f.out);
-        let frags: Vec<Fragment> = f.out.drain(..).collect();
+        let frags: Vec<Fragment> = f.frags();
         assert!(frags[1].header_changed);
         assert_ne!(frags[0].header, frags[1].header);
         assert!(frags[1].header.windows(3).any(|w| w == [0xB0, 0x82, 0x02]));

@@ -1,5 +1,5 @@
 //! Fragment metadata (`kvs-add-metadata` events): the reference's rules (PIC
-//! `putFragmentMetadata`, kvs-reference.md §1.5 and §2) and which items go in front of which
+//! `putFragmentMetadata`, docs/kvs-protocol.md §1.5 and §2.3) and which items go in front of which
 //! fragment.
 //!
 //! - The name must not be empty and must not start with "AWS" (reserved for the service's own

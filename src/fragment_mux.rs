@@ -5,8 +5,9 @@
 //! Per buffer: the [`crate::timeline`] stamps it; its payload is copied once into the fragment
 //! arena (converting Annex-B to length-prefixed NAL units on the way when needed, see
 //! [`crate::codec::annexb`]); the [`crate::interleave`]r orders frames of all tracks; the
-//! [`crate::fragment`]er cuts them into fragments, which the caller takes with
-//! [`StreamMuxer::pop_fragment`].
+//! [`crate::fragment`]er cuts them into fragments, emitted piece by piece as frames are packed;
+//! the caller takes the pieces with [`StreamMuxer::pop_piece`] (or whole fragments with
+//! [`StreamMuxer::pop_fragment`]).
 //!
 //! Nothing here is fatal: a frame that cannot be used is dropped, counted in [`MuxStats`] and
 //! logged (an `Err` from [`StreamMuxer::push`] means "this frame was dropped, post a warning").
@@ -16,7 +17,7 @@
 //! let v = mux.add_track(TrackType::Video, "kinesis_video")?;      // request pads, before data
 //! mux.set_input(v, TrackInput::Configured(TrackConfig::h264(codec_data, w, h)?))?; // caps
 //! mux.push(v, FrameIn { pts, dts, duration, key, data })?;       // each buffer
-//! while let Some(f) = mux.pop_fragment() { store(f) }            // after each call
+//! while let Some(p) = mux.pop_piece() { upload(p) }              // after each call
 //! mux.end_of_stream(v);                                           // EOS per pad
 //! ```
 
@@ -29,23 +30,34 @@ use bytes::{BufMut, Bytes};
 use crate::codec::annexb::{AnnexBConverter, max_converted_len};
 use crate::codec::{CodecError, TrackConfig, TrackType, VideoCodec};
 use crate::fragment::{
-    Arena, Fragment, Fragmenter, FragmenterConfig, FragmenterStats, Frame, TrackError,
+    Arena, Fragment, FragmentAssembler, Fragmenter, FragmenterConfig, FragmenterStats, Frame,
+    Piece, TrackError,
 };
 use crate::fragment_metadata::MetadataError;
-use crate::interleave::{DEFAULT_MAX_WAIT_NS, InterleaveStats, Interleaver};
+use crate::interleave::{DEFAULT_MAX_QUEUED_BYTES, InterleaveStats, Interleaver, Slot, Wait};
 use crate::mkv::cluster::SIMPLE_BLOCK_HEADER_LEN;
 use crate::timeline::{RawTimes, Timeline, TimelineConfig, TimelineStats, WallClock};
 
 /// Logs go to the media debug category (`kvssink-media`), like the other fragment modules.
 const LOG_TARGET: &str = "gstkvssink::fragment";
 
+/// Live input: no buffer on any pad for this long (or four usual gaps between buffers, if
+/// longer) is a pause — a closed valve, a motion-triggered camera at rest — and the open fragment
+/// is closed with the end-of-fragment tag, so the service persists it now rather than when the
+/// source resumes; the next fragment starts at a key frame. A stall of a live source this long
+/// costs the frames until its next key frame.
+pub const PAUSE_AFTER_NS: u64 = 700_000_000;
+
 /// Everything the element's properties decide for the media path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MuxerConfig {
     pub timeline: TimelineConfig,
     pub fragmenter: FragmenterConfig,
-    /// The interleaver's stall bound ([`crate::interleave`]).
-    pub max_wait_ns: u64,
+    /// How long a silent track is waited for ([`crate::interleave`]); the element sets it from
+    /// the pipeline's liveness and latency ([`StreamMuxer::set_wait`]).
+    pub wait: Wait,
+    /// Memory bound of the interleaver's queues.
+    pub max_queued_bytes: usize,
 }
 
 impl Default for MuxerConfig {
@@ -53,7 +65,8 @@ impl Default for MuxerConfig {
         Self {
             timeline: TimelineConfig::default(),
             fragmenter: FragmenterConfig::default(),
-            max_wait_ns: DEFAULT_MAX_WAIT_NS,
+            wait: Wait::UntilData,
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
         }
     }
 }
@@ -99,7 +112,16 @@ pub enum MuxError {
     Codec { track: usize, source: CodecError },
     #[error("track {0}: caps of a video codec on an audio track or vice versa")]
     WrongKind(usize),
+    #[error("track {0}: an empty buffer (no frame data)")]
+    Empty(usize),
+    #[error(
+        "track {track}: a frame of {bytes} bytes is larger than the service's maximum fragment size ({MAX_FRAME_BYTES} bytes, MAX_FRAGMENT_SIZE_REACHED); check the encoder's bitrate settings"
+    )]
+    TooLarge { track: usize, bytes: usize },
 }
+
+/// No fragment may exceed this (the service's limit, ErrorId 4001), so no frame may either.
+pub const MAX_FRAME_BYTES: usize = 50 * 1024 * 1024;
 
 /// Counters of the whole media path (what was dropped and what was repaired).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -122,14 +144,37 @@ pub struct MuxStats {
 }
 
 impl MuxStats {
+    /// Every frame dropped, per reason (what a user reads in the warning).
+    pub fn drops(&self) -> [(&'static str, u64); 7] {
+        [
+            ("not usable (invalid data or no caps)", self.dropped_invalid),
+            (
+                "before the first SPS/PPS of a byte-stream",
+                self.dropped_no_config,
+            ),
+            (
+                "older than frames already sent (a track was silent past the live wait bound)",
+                self.dropped_late,
+            ),
+            (
+                "after a dropped video frame, until the next key frame",
+                self.dropped_until_key,
+            ),
+            ("queued when a flush came", self.dropped_flush),
+            (
+                "audio before the first video key frame",
+                self.fragmenter.dropped_before_key,
+            ),
+            (
+                "of a track left out of a fragment that could not wait for it (it came back mid-fragment)",
+                self.fragmenter.dropped_track_absent,
+            ),
+        ]
+    }
+
     /// Every frame dropped for any reason.
     pub fn dropped(&self) -> u64 {
-        self.dropped_invalid
-            + self.dropped_no_config
-            + self.dropped_late
-            + self.dropped_until_key
-            + self.dropped_flush
-            + self.fragmenter.dropped_before_key
+        self.drops().iter().map(|(_, n)| n).sum()
     }
 }
 
@@ -164,7 +209,14 @@ pub struct StreamMuxer {
     fragmenter: Fragmenter,
     arena: Arena,
     tracks: Vec<MuxTrack>,
-    out: VecDeque<Fragment>,
+    out: VecDeque<Piece>,
+    assembler: FragmentAssembler,
+    /// Wall clock (ns) when the last buffer arrived, and the usual gap between buffers.
+    last_arrival_ns: Option<u64>,
+    usual_gap_ns: u64,
+    /// Off while the element itself is paused (its sources then stop, and resume the same
+    /// stream: that is not a pause of the source).
+    pause_detection: bool,
     stats: MuxStats,
 }
 
@@ -188,11 +240,15 @@ impl StreamMuxer {
         }
         Self {
             timeline: Timeline::new(cfg.timeline, clock),
-            interleaver: Interleaver::new(cfg.max_wait_ns),
+            interleaver: Interleaver::new(cfg.wait, cfg.max_queued_bytes),
             fragmenter: Fragmenter::new(fragmenter_cfg),
             arena: Arena::new(),
             tracks: Vec::new(),
-            out: VecDeque::with_capacity(4),
+            out: VecDeque::with_capacity(16),
+            assembler: FragmentAssembler::default(),
+            last_arrival_ns: None,
+            usual_gap_ns: 0,
+            pause_detection: true,
             stats: MuxStats::default(),
         }
     }
@@ -264,9 +320,10 @@ impl StreamMuxer {
         Ok(())
     }
 
-    /// One buffer of `track`. Fragments that became complete are available from
-    /// [`Self::pop_fragment`] afterwards.
+    /// One buffer of `track`. What it produced is available from [`Self::pop_piece`]
+    /// afterwards.
     pub fn push(&mut self, track: usize, frame: FrameIn<'_>) -> Result<(), MuxError> {
+        self.note_arrival();
         let t = self
             .tracks
             .get_mut(track)
@@ -276,6 +333,19 @@ impl StreamMuxer {
             self.stats.dropped_invalid += 1;
             return Err(MuxError::NoCaps(track));
         };
+        if frame.data.is_empty() {
+            self.stats.dropped_invalid += 1;
+            return Err(MuxError::Empty(track));
+        }
+        if frame.data.len() > MAX_FRAME_BYTES {
+            self.stats.dropped_invalid += 1;
+            // Later frames of the GOP refer to it.
+            t.needs_key = t.kind == TrackType::Video;
+            return Err(MuxError::TooLarge {
+                track,
+                bytes: frame.data.len(),
+            });
+        }
         let stamped = self.timeline.stamp(
             track,
             RawTimes {
@@ -324,7 +394,11 @@ impl StreamMuxer {
                 return Ok(());
             }
         }
-        t.eos = false;
+        if t.eos {
+            t.eos = false;
+            self.fragmenter.resume_track(track);
+        }
+        let t = &mut self.tracks[track];
         let f = Frame {
             track,
             pts: stamped.pts,
@@ -336,22 +410,27 @@ impl StreamMuxer {
             block,
         };
         let t = &mut self.tracks[track];
-        let pushed = if t.kind == TrackType::Video {
+        let slot = if t.kind == TrackType::Video {
             if f.discontinuity {
                 t.order_floor = 0;
             }
             if f.key {
                 t.order_floor = t.order_floor.max(stamped.pts);
             }
-            let order = stamped.dts.max(t.order_floor);
-            if f.key {
-                self.interleaver.push_opening(track, order, f)
-            } else {
-                self.interleaver.push(track, order, f)
+            Slot {
+                dts: stamped.dts.max(t.order_floor),
+                opening: f.key,
+                bytes: f.block.len(),
             }
         } else {
-            self.interleaver.push(track, stamped.dts, f)
+            Slot {
+                dts: stamped.dts,
+                opening: false,
+                bytes: f.block.len(),
+            }
         };
+        let now = self.timeline.now_ns();
+        let pushed = self.interleaver.push(track, slot, now, f);
         if let Err(late) = pushed {
             self.stats.dropped_late += 1;
             let t = &mut self.tracks[track];
@@ -363,9 +442,8 @@ impl StreamMuxer {
                 t.needs_key = true;
             }
             let msg = format!(
-                "track {track}: frame {:.1} ms older than frames already sent (it arrived after the {} ms stall bound); dropped",
+                "track {track}: frame {:.1} ms older than frames already sent without waiting for this track (it was silent past the interleaver's bound); dropped",
                 (late.released - late.dts) as f64 / 1e6,
-                self.interleaver.max_wait_ns() / 1_000_000
             );
             if t.late_warned {
                 tracing::debug!(
@@ -383,9 +461,86 @@ impl StreamMuxer {
     }
 
     fn drain(&mut self) {
-        while let Some((_, f)) = self.interleaver.pop() {
+        let now = self.timeline.now_ns();
+        while let Some((_, f)) = self.interleaver.pop(now) {
             self.fragmenter.push(f, &mut self.out);
         }
+    }
+
+    /// How long a silent track is waited for: [`Wait::UntilData`] for non-live input (the
+    /// producer that is ahead waits, see [`Self::waits_for`]), [`Wait::Clock`] with the pipeline
+    /// latency plus a margin for live input.
+    pub fn set_wait(&mut self, wait: Wait) {
+        if self.interleaver.wait() != wait {
+            tracing::debug!(target: LOG_TARGET, "interleaving: {wait:?}");
+            self.interleaver.set_wait(wait);
+            self.drain();
+        }
+    }
+
+    /// When [`Self::tick`] should be called if nothing else happens: a frame waits for a silent
+    /// live track until then (wall-clock ns since the epoch, the clock of the timeline).
+    pub fn next_deadline(&self) -> Option<u64> {
+        let pause = self.pause_deadline();
+        match (self.interleaver.next_deadline(), pause) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Releases what may leave now (a deadline of [`Self::next_deadline`] passed); closes the
+    /// open fragment when no buffer came for a while.
+    pub fn tick(&mut self) {
+        self.drain();
+        if self
+            .pause_deadline()
+            .is_some_and(|d| self.timeline.now_ns() >= d)
+        {
+            tracing::info!(
+                target: LOG_TARGET,
+                "no buffer for {} ms: the open fragment is closed so that it is persisted now; the next one starts at a key frame",
+                self.pause_after_ns() / 1_000_000
+            );
+            self.close_for_pause();
+        }
+    }
+
+    /// Turns pause detection off (element PLAYING→PAUSED) or on again (PAUSED→PLAYING; the
+    /// time without buffers counts from now).
+    pub fn set_pause_detection(&mut self, on: bool) {
+        self.pause_detection = on;
+        if on && self.last_arrival_ns.is_some() {
+            self.last_arrival_ns = Some(self.timeline.now_ns());
+        }
+    }
+
+    fn note_arrival(&mut self) {
+        let now = self.timeline.now_ns();
+        if let Some(last) = self.last_arrival_ns {
+            let gap = now.saturating_sub(last);
+            if gap < self.pause_after_ns() {
+                // A slow average (1/8) of the gaps between buffers, pauses left out.
+                self.usual_gap_ns = self.usual_gap_ns - self.usual_gap_ns / 8 + gap / 8;
+            }
+        }
+        self.last_arrival_ns = Some(now);
+    }
+
+    /// How long without a buffer is a pause: [`PAUSE_AFTER_NS`], or four usual gaps between
+    /// buffers for sources slower than that (a 1 fps camera is not paused between frames).
+    fn pause_after_ns(&self) -> u64 {
+        PAUSE_AFTER_NS.max(self.usual_gap_ns.saturating_mul(4))
+    }
+
+    /// Live input with an open fragment: when it is closed if no buffer arrives.
+    fn pause_deadline(&self) -> Option<u64> {
+        if !self.pause_detection
+            || !matches!(self.interleaver.wait(), Wait::Clock { .. })
+            || !self.fragmenter.has_open_fragment()
+        {
+            return None;
+        }
+        Some(self.last_arrival_ns?.saturating_add(self.pause_after_ns()))
     }
 
     /// A GAP event: `track` has nothing before `running_time` (ns, same clock as the PTS), so
@@ -401,10 +556,14 @@ impl StreamMuxer {
         Ok(())
     }
 
-    /// True when a non-live producer of `track` should wait for the other tracks before pushing
-    /// more (see [`crate::interleave`]).
-    pub fn would_block(&self, track: usize) -> bool {
-        track < self.tracks.len() && self.interleaver.would_block(track)
+    /// With non-live input: the track the producer of `track` should wait for before pushing
+    /// more, because `track` is ahead of it (see [`crate::interleave`]).
+    pub fn waits_for(&self, track: usize) -> Option<usize> {
+        if track < self.tracks.len() {
+            self.interleaver.waits_for(track)
+        } else {
+            None
+        }
     }
 
     /// `kvs-add-metadata`: goes in front of the next fragment (persistent: every fragment).
@@ -425,8 +584,9 @@ impl StreamMuxer {
             .get_mut(track)
             .ok_or(MuxError::UnknownTrack(track))?;
         t.eos = true;
-        self.interleaver.set_eos(track);
+        self.interleaver.set_ended(track);
         self.drain();
+        self.fragmenter.end_track(track, &mut self.out);
         if self.tracks.iter().all(|t| t.eos) {
             self.finish();
             return Ok(true);
@@ -443,6 +603,23 @@ impl StreamMuxer {
         self.fragmenter.finish(&mut self.out);
     }
 
+    /// No frame arrived for a while (a valve closed, a motion-triggered camera stopped): what is
+    /// queued is written and the open fragment is closed, so that it can be persisted now; the
+    /// next fragment starts at a video key frame. Returns whether a fragment was closed.
+    pub fn close_for_pause(&mut self) -> bool {
+        while let Some((_, f)) = self.interleaver.pop_any() {
+            self.fragmenter.push(f, &mut self.out);
+        }
+        let was_open = self.fragmenter.has_open_fragment();
+        self.fragmenter.close(&mut self.out);
+        was_open
+    }
+
+    /// Whether a fragment is open (started and not closed yet).
+    pub fn has_open_fragment(&self) -> bool {
+        self.fragmenter.has_open_fragment()
+    }
+
     /// FLUSH_STOP: queued frames are dropped (counted), the open fragment is closed as is, and
     /// the next fragment starts at a key frame.
     pub fn flush(&mut self) {
@@ -455,15 +632,27 @@ impl StreamMuxer {
         self.stats.dropped_flush += dropped.len() as u64;
         self.fragmenter.close(&mut self.out);
         self.timeline.reset_tracks();
-        for t in &mut self.tracks {
+        for (i, t) in self.tracks.iter_mut().enumerate() {
             t.eos = false;
             t.needs_key = false;
+            self.fragmenter.resume_track(i);
         }
     }
 
-    /// The next completed fragment, in order.
-    pub fn pop_fragment(&mut self) -> Option<Fragment> {
+    /// The next piece of fragment, in order.
+    pub fn pop_piece(&mut self) -> Option<Piece> {
         self.out.pop_front()
+    }
+
+    /// The next completed fragment, in order (joins the pieces; for tools and tests, not to be
+    /// mixed with [`Self::pop_piece`]).
+    pub fn pop_fragment(&mut self) -> Option<Fragment> {
+        while let Some(p) = self.out.pop_front() {
+            if let Some(f) = self.assembler.push(p) {
+                return Some(f);
+            }
+        }
+        None
     }
 
     /// The current session header (EBML, Segment, Info, Tracks), for (re)connects. None before
@@ -567,9 +756,86 @@ mod tests {
     }
 
     #[test]
+    fn close_for_pause_ends_the_open_fragment_and_the_next_starts_at_a_key_frame() {
+        let clock = ManualClock::at(EPOCH);
+        let mut m = StreamMuxer::new(MuxerConfig::default(), Box::new(clock));
+        let v = m.add_track(TrackType::Video, "v").unwrap();
+        m.set_input(v, TrackInput::Configured(h264())).unwrap();
+        assert!(!m.close_for_pause(), "nothing open");
+        for i in 0..5u64 {
+            m.push(v, frame(i * 40, i == 0, &[1; 10])).unwrap();
+        }
+        assert!(m.has_open_fragment());
+        assert!(m.close_for_pause());
+        assert!(!m.has_open_fragment());
+        let frags = collect(&mut m);
+        assert_eq!(frags.len(), 1);
+        assert_eq!(frags[0].frames(), 5);
+        assert!(!frags[0].end_of_stream);
+        // After the pause: delta frames are dropped until a key frame starts the next fragment.
+        m.push(v, frame(2000, false, &[1; 10])).unwrap();
+        m.push(v, frame(2040, true, &[1; 10])).unwrap();
+        m.finish();
+        let frags = collect(&mut m);
+        assert_eq!(frags.len(), 1);
+        assert_eq!(frags[0].timecode, EPOCH / MS + 2040);
+        assert_eq!(m.stats().fragmenter.dropped_before_key, 1);
+    }
+
+    #[test]
+    fn live_input_closes_the_open_fragment_when_no_buffer_comes_for_a_while() {
+        let clock = ManualClock::at(EPOCH);
+        let live = MuxerConfig {
+            wait: Wait::Clock { bound_ns: 500 * MS },
+            ..MuxerConfig::default()
+        };
+        let mut m = StreamMuxer::new(live, Box::new(clock.clone()));
+        let v = m.add_track(TrackType::Video, "v").unwrap();
+        m.set_input(v, TrackInput::Configured(h264())).unwrap();
+        assert_eq!(m.next_deadline(), None, "nothing open");
+        for i in 0..10u64 {
+            m.push(v, frame(i * 40, i == 0, &[1; 10])).unwrap();
+            clock.advance(40 * MS);
+        }
+        let last = clock.now_ns() - 40 * MS;
+        assert_eq!(m.next_deadline(), Some(last + PAUSE_AFTER_NS));
+        clock.advance(PAUSE_AFTER_NS - 50 * MS);
+        m.tick();
+        assert!(m.has_open_fragment(), "not yet");
+        clock.advance(20 * MS);
+        m.tick();
+        assert!(!m.has_open_fragment());
+        let frags = collect(&mut m);
+        assert_eq!((frags.len(), frags[0].frames()), (1, 10));
+        assert!(!frags[0].end_of_stream);
+        assert_eq!(m.next_deadline(), None);
+        // A slow source (a frame every 400 ms) is not paused between its frames.
+        let mut m = StreamMuxer::new(
+            MuxerConfig {
+                wait: Wait::Clock { bound_ns: 500 * MS },
+                ..MuxerConfig::default()
+            },
+            Box::new(clock.clone()),
+        );
+        let v = m.add_track(TrackType::Video, "v").unwrap();
+        m.set_input(v, TrackInput::Configured(h264())).unwrap();
+        for i in 0..40u64 {
+            m.push(v, frame(i * 400, i == 0, &[1; 10])).unwrap();
+            clock.advance(400 * MS);
+            m.tick();
+        }
+        assert!(m.has_open_fragment());
+        assert!(m.pause_after_ns() > 1_400 * MS);
+    }
+
+    #[test]
     fn stalled_audio_does_not_stop_video_fragments() {
         let clock = ManualClock::at(EPOCH);
-        let mut m = StreamMuxer::new(MuxerConfig::default(), Box::new(clock.clone()));
+        let live = MuxerConfig {
+            wait: Wait::Clock { bound_ns: 500 * MS },
+            ..MuxerConfig::default()
+        };
+        let mut m = StreamMuxer::new(live, Box::new(clock.clone()));
         let v = m.add_track(TrackType::Video, "v").unwrap();
         let a = m.add_track(TrackType::Audio, "a").unwrap();
         m.set_input(v, TrackInput::Configured(h264())).unwrap();
@@ -588,7 +854,7 @@ mod tests {
             clock.advance(40 * MS);
             frags.extend(collect(&mut m));
         }
-        // Fragments kept coming during the stall (all but the last ~2 s bound + open GOP).
+        // Fragments kept coming during the stall (all but the open GOP).
         assert!(frags.len() >= 7, "{} fragments", frags.len());
         assert_eq!(m.stats().interleave.stalls, 1);
         // Audio comes back late: dropped, counted; video unaffected.
@@ -598,6 +864,28 @@ mod tests {
         frags.extend(collect(&mut m));
         let video: u32 = frags.iter().map(|f| f.frame_counts[v]).sum();
         assert_eq!(video, 250);
+    }
+
+    #[test]
+    fn empty_and_oversized_frames_are_refused_and_video_resumes_at_a_key_frame() {
+        let mut m = StreamMuxer::new(MuxerConfig::default(), Box::new(ManualClock::at(EPOCH)));
+        let v = m.add_track(TrackType::Video, "v").unwrap();
+        m.set_input(v, TrackInput::Configured(h264())).unwrap();
+        let big = vec![7u8; MAX_FRAME_BYTES + 1];
+        m.push(v, frame(0, true, &[1; 10])).unwrap();
+        assert_eq!(m.push(v, frame(40, false, &[])), Err(MuxError::Empty(v)));
+        m.push(v, frame(80, false, &[1; 10])).unwrap();
+        let e = m.push(v, frame(120, false, &big)).unwrap_err();
+        assert!(e.to_string().contains("maximum fragment size"), "{e}");
+        m.push(v, frame(160, false, &[1; 10])).unwrap();
+        m.push(v, frame(200, true, &[1; 10])).unwrap();
+        m.push(v, frame(240, false, &[1; 10])).unwrap();
+        m.finish();
+        let frags = collect(&mut m);
+        let stored: u32 = frags.iter().map(|f| f.frames()).sum();
+        assert_eq!(stored, 4, "0, 80, then from the key frame at 200");
+        let st = m.stats();
+        assert_eq!((st.dropped_invalid, st.dropped_until_key), (2, 1));
     }
 
     #[test]

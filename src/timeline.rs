@@ -1,4 +1,4 @@
-//! Buffer timestamps → KVS timestamps: every mode of the reference (kvs-reference.md §1.10), plus
+//! Buffer timestamps → KVS timestamps: every mode of the reference (docs/kvs-protocol.md §1.4), plus
 //! the repairs that make real sources (RTSP cameras, A/V pipelines) work instead of failing.
 //!
 //! Input is a buffer's PTS/DTS in nanoseconds (running time, or raw buffer times when the element
@@ -183,6 +183,11 @@ impl Timeline {
 
     pub fn config(&self) -> &TimelineConfig {
         &self.cfg
+    }
+
+    /// The wall clock stamps are taken from (ns since the epoch).
+    pub fn now_ns(&self) -> u64 {
+        self.clock.now_ns()
     }
 
     /// Whether jumps are judged against the wall clock.

@@ -13,11 +13,14 @@ use gstkvssink::local::{Ack, Config, Credentials, LocalEndpoint};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+#[path = "common/no_instance_metadata.rs"]
+mod no_instance_metadata;
+
 pub const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
 pub fn media(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/media")
+        .join("tests/data")
         .join(name)
 }
 

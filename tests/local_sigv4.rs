@@ -14,8 +14,7 @@ use local_common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn capture() -> String {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/reference/cpp-putmedia-capture.txt");
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/cpp-putmedia-capture.txt");
     std::fs::read_to_string(p).expect("the capture")
 }
 

@@ -108,6 +108,9 @@ fn drive(
             i % 30 == 0,
             if i % 30 == 0 { key } else { delta },
         )];
+        if let Some(a) = s.audio.filter(|_| i == audio_until) {
+            s.m.end_of_stream(a).unwrap();
+        }
         if let Some(a) = s.audio.filter(|_| i < audio_until) {
             while audio_next < ts + FRAME_NS {
                 pushes.push((a, audio_next, true, &audio_frame));
@@ -177,10 +180,9 @@ fn check(annexb: bool, with_audio: bool, audio_until: usize) {
     );
     let fragments = per_push.iter().filter(|p| p.1).count() as u64;
     let chunks = per_push.iter().filter(|p| p.2).count() as u64;
-    // (With a stalled audio track the last 2 s of video wait for the stall bound.)
-    assert!((28..=30).contains(&fragments), "{fragments} fragments");
+    assert!((29..=30).contains(&fragments), "{fragments} fragments");
     // A fragment costs its parts list; a chunk its buffer and the shared header of `BytesMut`.
-    // With a stalled track, fragments without it get a header without it, built once (a few
+    // With an ended track, fragments without it get a header without it, built once (a few
     // allocations, not per frame).
     let header_builds = if with_audio && audio_until < 900 {
         12
@@ -214,7 +216,7 @@ fn av_stream_allocates_per_fragment_not_per_frame() {
 }
 
 #[test]
-fn av_stream_with_stalled_audio_allocates_per_fragment_not_per_frame() {
-    // Audio stops after 11.7 s; video frames are then released by the stall bound.
+fn av_stream_with_ended_audio_allocates_per_fragment_not_per_frame() {
+    // Audio ends after 11.7 s; video frames then leave without it.
     check(false, true, 350);
 }

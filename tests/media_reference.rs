@@ -1,4 +1,4 @@
-//! The two Matroska files written by the official KVS SDKs (`../shared/media`) are read into
+//! The two Matroska files written by the official KVS SDKs (`tests/data/`) are read into
 //! fragments by the same reader as our output, and our output for the C++ file's input (its
 //! frames, timestamps, key flags, codec private data and metadata) has the same element
 //! structure, byte-identical payloads and the same timecodes.
@@ -17,7 +17,7 @@ const JAVA: &str = "kvs-java-clusters.mkv";
 
 #[test]
 fn cpp_sdk_file_reads_as_37_fragments_with_metadata() {
-    let data = std::fs::read(shared_media(CPP)).unwrap();
+    let data = std::fs::read(test_data(CPP)).unwrap();
     let frags = kvs_fragments(&data);
     assert_eq!(frags.len(), 37);
     assert_eq!(frags.iter().map(|f| f.blocks.len()).sum::<usize>(), 1640);
@@ -48,7 +48,7 @@ fn cpp_sdk_file_reads_as_37_fragments_with_metadata() {
 
 #[test]
 fn java_sdk_file_reads_as_8_fragments() {
-    let data = std::fs::read(shared_media(JAVA)).unwrap();
+    let data = std::fs::read(test_data(JAVA)).unwrap();
     let frags = kvs_fragments(&data);
     assert_eq!(frags.len(), 8);
     assert_eq!(
@@ -71,7 +71,7 @@ fn java_sdk_file_reads_as_8_fragments() {
 
 #[test]
 fn our_output_for_the_cpp_input_has_the_cpp_structure() {
-    let data = std::fs::read(shared_media(CPP)).unwrap();
+    let data = std::fs::read(test_data(CPP)).unwrap();
     let reference = kvs_fragments(&data);
     let (mkv, _) = demux(&data);
     let track = &mkv.tracks()[0];

@@ -49,7 +49,8 @@ fn frames_strategy() -> impl Strategy<Value = (Layout, Vec<InFrame>, bool, u64)>
         1u64..60,
         0u64..3,
         prop::bool::weighted(0.15),
-        prop::collection::vec(any::<u8>(), 0..3000),
+        // Not empty: the muxer refuses empty frames (MuxError::Empty).
+        prop::collection::vec(any::<u8>(), 1..3000),
     );
     (
         layout,

@@ -147,7 +147,7 @@ fn mux(tracks: Vec<Track>) -> Vec<u8> {
     to_stream(&frags)
 }
 
-/// The four checks of test-infra.md §4, and the frame count of each track.
+/// The four checks of docs/kvs-protocol.md §9, and the frame count of each track.
 const FRAME_30FPS: u64 = 1_000_000_000 / 30;
 
 fn video_keys(encoded: &Encoded, codec: VideoCodec) -> Vec<bool> {

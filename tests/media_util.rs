@@ -11,16 +11,12 @@ use gstkvssink::fragment_mux::{StreamMuxer, write_fragment};
 use webm_iterable::WebmIterator;
 use webm_iterable::matroska_spec::{EbmlTag, Master, MatroskaSpec};
 
-/// `../shared/media/<name>` next to the project (never copied into the repository).
-pub fn shared_media(name: &str) -> PathBuf {
+/// `tests/data/<name>`: the test vectors kept in the repository (provenance in its README).
+pub fn test_data(name: &str) -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/media")
+        .join("tests/data")
         .join(name);
-    assert!(
-        p.exists(),
-        "{} is missing (../shared must sit beside the project)",
-        p.display()
-    );
+    assert!(p.exists(), "{} is missing", p.display());
     p
 }
 

@@ -527,3 +527,14 @@ fn private_ca_from_kvssink_ca_cert_path() {
     );
     assert!(ep.fragments("tls-untrusted").is_empty());
 }
+
+/// `tests/common/no_instance_metadata.rs` ran before `main`: the default chain, reached by the
+/// tests that configure no other source, never asks the instance-metadata address, also under a
+/// plain `cargo test`.
+#[test]
+fn tests_run_with_instance_metadata_disabled() {
+    assert_eq!(
+        std::env::var("AWS_EC2_METADATA_DISABLED").as_deref(),
+        Ok("true")
+    );
+}

@@ -1,7 +1,7 @@
 //! The local endpoint's incremental MKV reader (`local::mkv::Splitter`), fed a PutMedia body in
 //! arbitrary chunks.
 //! Input: a flags byte (chunking in bits 0-1; bit 2: 4 KiB fragment limit; bit 3: frames for
-//! every track not required; bit 4: 1 s fragment limit), then the body.
+//! every track not required; bit 4: 1 s fragment limit; bit 5: report blocks), then the body.
 //! Checks: no panic; the same events and the same verdict whether the body comes whole or in
 //! chunks; each fragment is a piece of the body that starts with Tags or a Cluster.
 #![no_main]
@@ -22,6 +22,7 @@ fn summary(e: &Event) -> String {
             h.track_list
         ),
         Event::FragmentStarted { timecode } => format!("started {timecode}"),
+        Event::Block { track, timecode } => format!("block {track} {timecode}"),
         Event::FragmentCompleted(f) => format!(
             "fragment {} {:?} {:?} keys {} frames {}..{} tags {:?} eof {}",
             f.timecode,
@@ -36,8 +37,12 @@ fn summary(e: &Event) -> String {
     }
 }
 
-fn run(limits: &Limits, pieces: &[&[u8]]) -> (Vec<Event>, Result<(), RuleKind>) {
-    let mut s = Splitter::new(limits.clone());
+fn run(
+    limits: &Limits,
+    report_blocks: bool,
+    pieces: &[&[u8]],
+) -> (Vec<Event>, Result<(), RuleKind>) {
+    let mut s = Splitter::new(limits.clone()).report_blocks(report_blocks);
     let mut events = Vec::new();
     for p in pieces {
         if let Err(e) = s.push(p, &mut events) {
@@ -58,8 +63,9 @@ fuzz_target!(|data: &[u8]| {
         max_tracks: 3,
         require_frames_for_every_track: flags & 8 == 0,
     };
-    let (whole_events, whole) = run(&limits, &[body]);
-    let (chunked_events, chunked) = run(&limits, &chunks(flags, body));
+    let report_blocks = flags & 32 != 0;
+    let (whole_events, whole) = run(&limits, report_blocks, &[body]);
+    let (chunked_events, chunked) = run(&limits, report_blocks, &chunks(flags, body));
     assert_eq!(whole, chunked, "chunking changed the verdict");
     let a: Vec<String> = whole_events.iter().map(summary).collect();
     let b: Vec<String> = chunked_events.iter().map(summary).collect();

@@ -2,7 +2,7 @@
 """Writes the committed seed corpora of the fuzz targets (fuzz/seeds/<target>/).
 
 Run from anywhere: python3 fuzz/seeds/make_seeds.py. The MKV and H.264 seeds are small excerpts
-of the test media in ../shared/media (beside the project); see README.md in this directory.
+of the test vectors in tests/data; see README.md in this directory.
 Deterministic: re-running it rewrites the same files.
 """
 import hashlib
@@ -12,7 +12,7 @@ import struct
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-MEDIA = os.path.normpath(os.path.join(HERE, "..", "..", "..", "shared", "media"))
+MEDIA = os.path.normpath(os.path.join(HERE, "..", "..", "tests", "data"))
 
 
 def out(target, name, data):

@@ -12,7 +12,7 @@ KVSSINK_RUNTIME_PACKAGES=(
   gstreamer1.0-plugins-base-apps
 )
 KVSSINK_TEST_PACKAGES=(
-  mkvtoolnix ffmpeg python3-venv
+  mkvtoolnix ffmpeg python3-venv openssl
   # RTSP input tests: rtspsrc, and a Python GstRtspServer as the camera (run with /usr/bin/python3)
   gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gst-1.0 python3-gi
 )

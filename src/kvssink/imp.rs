@@ -4,11 +4,21 @@
 //!
 //! Locks, in the only order they are ever taken: `state` → `push_lock` → the uploader's own.
 //! `settings` is never held together with another lock. Streaming threads never wait on the
-//! network with `state` held; the only wait (a full store in offline mode) holds `push_lock`
-//! (which keeps fragments in order) and ends on flush or a state change, through `flushing`.
+//! network with `state` held. They wait in two places, both ended by flush, a state change to
+//! READY, pad release and a fatal upload error:
+//! - a full store in offline mode: holds `push_lock` (which keeps fragments in order);
+//! - non-live input whose pad is ahead of another ([`KvsSink::wait_for_slower_pads`]): waits on
+//!   `progress` (with `state`) until the other pad catches up, ends, or makes no progress for
+//!   [`NO_PROGRESS_WAIT`]; never when the other pad is fed by the same thread (a demuxer without
+//!   queues), which would deadlock.
+//!
+//! Liveness: each pad's upstream is asked for its latency at its first buffer. A live pipeline
+//! gets clock-bounded interleaving (latency + [`LIVE_MARGIN`]) driven by a [`Ticker`]; a non-live
+//! one gets back-pressure. See [`crate::interleave`].
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, OnceLock};
+use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use gst::glib;
@@ -20,16 +30,25 @@ use super::StreamingType;
 use super::fragment_ack::{AckType, FragmentAck, RESULT_OK};
 use super::settings::{self, Settings};
 use super::stream::{Prepared, Stream};
+use super::ticker::Ticker;
 use crate::ack::AckEvent;
 use crate::codec::TrackType;
-use crate::fragment::Fragment;
 use crate::fragment_mux::FrameIn;
+use crate::interleave::Wait;
 use crate::logging::{CAT, LogConfig};
 use crate::store::Dropped;
 use crate::upload::{UploadEvent, Uploader};
 
 /// Stopping without EOS gives the upload at most this long to confirm what it has.
 const STOP_WITHOUT_EOS_GRACE: Duration = Duration::from_secs(3);
+
+/// Live input: a silent track holds the others at most the pipeline latency plus this. Covers
+/// the next frame of the silent track (up to a frame period later in media) and scheduling.
+const LIVE_MARGIN: gst::ClockTime = gst::ClockTime::from_mseconds(500);
+
+/// Non-live input: a pad that is ahead stops waiting for a slower one that made no progress for
+/// this long (its upstream may wait for something we hold); frames then queue in memory.
+const NO_PROGRESS_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PadKind {
@@ -45,6 +64,12 @@ struct SinkPad {
     track: Option<usize>,
     segment: gst::FormattedSegment<gst::ClockTime>,
     content_type: Option<&'static str>,
+    /// Buffers taken (progress seen by pads waiting for this one).
+    buffers: u64,
+    /// The streaming thread of the last buffer.
+    thread: Option<ThreadId>,
+    /// From the upstream latency query at the first buffer: live, minimum latency.
+    upstream: Option<(bool, gst::ClockTime)>,
 }
 
 #[derive(Default)]
@@ -59,6 +84,12 @@ struct State {
     /// The configuration prepared at NULL→READY; `None` in NULL.
     prepared: Option<Prepared>,
     stream: Option<Stream>,
+    /// Wakes the core at its deadlines (live input only; started on first need).
+    ticker: Option<Ticker>,
+    /// The pipeline latency of the last LATENCY event.
+    latency: Option<gst::ClockTime>,
+    /// A waiting pad gave up on `(track, its buffer count)`: not waited for again until it moves.
+    gave_up_on: Option<(usize, u64)>,
 }
 
 impl State {
@@ -68,6 +99,22 @@ impl State {
 
     fn all_eos(&self) -> bool {
         !self.pads.is_empty() && self.pads.iter().all(|p| p.eos)
+    }
+
+    /// How the interleaver waits, from what the pads' upstreams said of liveness and latency.
+    fn wait_policy(&self) -> Wait {
+        let live = self.pads.iter().filter_map(|p| p.upstream);
+        if !live.clone().any(|(live, _)| live) {
+            return Wait::UntilData;
+        }
+        let latency = live
+            .map(|(_, min)| min)
+            .chain(self.latency)
+            .max()
+            .unwrap_or(gst::ClockTime::ZERO);
+        Wait::Clock {
+            bound_ns: (latency + LIVE_MARGIN).nseconds(),
+        }
     }
 
     fn content_type(&self) -> String {
@@ -89,6 +136,8 @@ impl State {
 pub struct KvsSink {
     settings: Mutex<Settings>,
     state: Mutex<State>,
+    /// Signalled (with `state`) when a pad makes progress or something ends a wait.
+    progress: Condvar,
     push_lock: Mutex<()>,
     flushing: AtomicBool,
     /// A fatal upload error happened: buffers are refused.
@@ -142,17 +191,20 @@ impl KvsSink {
             return Ok(gst::FlowSuccess::Ok);
         }
 
+        self.learn_liveness(pad);
         let mut state = lock(&self.state);
-        let Some(p) = state.pads.iter().find(|p| &p.pad == pad) else {
+        let clip = !state
+            .prepared
+            .as_ref()
+            .is_some_and(|pr| pr.disable_buffer_clipping);
+        let Some(p) = state.pads.iter_mut().find(|p| &p.pad == pad) else {
             return Err(gst::FlowError::Flushing);
         };
         let Some(track) = p.track else {
             return Err(gst::FlowError::Flushing);
         };
-        let clip = !state
-            .prepared
-            .as_ref()
-            .is_some_and(|pr| pr.disable_buffer_clipping);
+        p.buffers += 1;
+        p.thread = Some(std::thread::current().id());
         let (pts, dts) = if clip {
             let seg = &p.segment;
             let pts = buffer.pts().and_then(|t| seg.to_running_time(t));
@@ -186,76 +238,245 @@ impl KvsSink {
         });
         drop(map);
         if let Err(e) = result {
-            gst::element_imp_warning!(
-                self,
-                gst::StreamError::Decode,
-                (
-                    "A frame on {} could not be used and was dropped: {}",
-                    pad.name(),
-                    e
-                )
-            );
+            let kind = std::mem::discriminant(&e);
+            if stream.warned_errors.contains(&kind) {
+                gst::debug!(CAT, obj = pad, "Frame dropped: {}", e);
+            } else {
+                stream.warned_errors.push(kind);
+                gst::element_imp_warning!(
+                    self,
+                    gst::StreamError::Decode,
+                    (
+                        "A frame on {} could not be used and was dropped: {} (further frames dropped for this reason are logged at debug level)",
+                        pad.name(),
+                        e
+                    )
+                );
+            }
         }
         self.report_media_drops(stream);
+        self.core_changed(&state);
         self.push_out(state)?;
+        self.wait_for_slower_pads(pad)?;
         Ok(gst::FlowSuccess::Ok)
     }
 
-    /// Warns once per new kind of media-path drop; every drop is counted in the core's stats.
+    /// At a pad's first buffer: asks its upstream whether it is live and its latency, and sets
+    /// how the interleaver waits.
+    fn learn_liveness(&self, pad: &gst::Pad) {
+        let known = lock(&self.state)
+            .pads
+            .iter()
+            .find(|p| &p.pad == pad)
+            .is_none_or(|p| p.upstream.is_some());
+        if known {
+            return;
+        }
+        let mut q = gst::query::Latency::new();
+        let upstream = if pad.peer_query(&mut q) {
+            let (live, min, _) = q.result();
+            (live, min)
+        } else {
+            (false, gst::ClockTime::ZERO)
+        };
+        gst::debug!(
+            CAT,
+            obj = pad,
+            "Upstream live: {}, minimum latency {}",
+            upstream.0,
+            upstream.1
+        );
+        let mut state = lock(&self.state);
+        if let Some(p) = state.pads.iter_mut().find(|p| &p.pad == pad) {
+            p.upstream = Some(upstream);
+        }
+        self.apply_wait_policy(&mut state);
+    }
+
+    /// Gives the muxer the waiting policy the pads' upstreams call for; live input gets a ticker.
+    fn apply_wait_policy(&self, state: &mut State) {
+        let wait = state.wait_policy();
+        let Some(stream) = state.stream.as_mut() else {
+            return;
+        };
+        if let Wait::Clock { bound_ns } = wait
+            && state.ticker.is_none()
+        {
+            gst::info!(
+                CAT,
+                imp = self,
+                "Live input: a silent track holds the others at most {} ms",
+                bound_ns / 1_000_000
+            );
+            let weak = self.obj().downgrade();
+            state.ticker = Some(Ticker::start(move || {
+                if let Some(obj) = weak.upgrade() {
+                    obj.imp().on_tick();
+                }
+            }));
+        }
+        self.in_core(|| stream.muxer.set_wait(wait));
+        self.core_changed(state);
+    }
+
+    /// A deadline of the core passed: release what may leave.
+    fn on_tick(&self) {
+        let mut state = lock(&self.state);
+        let Some(stream) = state.stream.as_mut() else {
+            return;
+        };
+        self.in_core(|| stream.muxer.tick());
+        self.report_media_drops(stream);
+        self.core_changed(&state);
+        let _ = self.push_out(state);
+    }
+
+    /// After anything that may change what the core waits for: wake waiting pads, move the
+    /// ticker's deadline.
+    fn core_changed(&self, state: &State) {
+        if let (Some(ticker), Some(stream)) = (&state.ticker, &state.stream) {
+            ticker.set(stream.muxer.next_deadline());
+        }
+        self.progress.notify_all();
+    }
+
+    /// Wakes every wait of a streaming thread in this element (flush, state change, failure).
+    fn release_waits(&self) {
+        if let Some(u) = lock(&self.uploader).as_ref() {
+            u.unblock();
+        }
+        self.wake_waiting_pads();
+    }
+
+    fn wake_waiting_pads(&self) {
+        // Taking `state` orders this after a waiter's checks: it is either before them or waiting.
+        let _state = lock(&self.state);
+        self.progress.notify_all();
+    }
+
+    /// Non-live input: while `pad`'s track is ahead of another pad's, its streaming thread waits
+    /// for that pad to catch up (see the module docs).
+    fn wait_for_slower_pads(&self, pad: &gst::Pad) -> Result<(), gst::FlowError> {
+        let me = std::thread::current().id();
+        let mut state = lock(&self.state);
+        let mut watched: Option<((usize, u64), Instant)> = None;
+        loop {
+            if self.flushing.load(Ordering::SeqCst) {
+                return Err(gst::FlowError::Flushing);
+            }
+            if self.failed.load(Ordering::SeqCst) {
+                return Err(gst::FlowError::Error);
+            }
+            let Some(track) = state
+                .pads
+                .iter()
+                .find(|p| &p.pad == pad)
+                .and_then(|p| p.track)
+            else {
+                return Ok(());
+            };
+            let Some(other) = state.stream.as_ref().and_then(|s| s.muxer.waits_for(track)) else {
+                return Ok(());
+            };
+            let Some(slower) = state.pads.iter().find(|p| p.track == Some(other)) else {
+                return Ok(());
+            };
+            if slower.thread == Some(me) {
+                // One thread feeds both pads (a demuxer without queues): it cannot catch up
+                // while we wait.
+                return Ok(());
+            }
+            let mark = (other, slower.buffers);
+            if state.gave_up_on == Some(mark) {
+                return Ok(());
+            }
+            let since = match watched {
+                Some((m, since)) if m == mark => since,
+                _ => {
+                    gst::log!(CAT, obj = pad, "Ahead of {}: waiting", slower.pad.name());
+                    watched = Some((mark, Instant::now()));
+                    Instant::now()
+                }
+            };
+            let left = NO_PROGRESS_WAIT.saturating_sub(since.elapsed());
+            if left.is_zero() {
+                gst::info!(
+                    CAT,
+                    obj = pad,
+                    "{} sent nothing for {:?} while this pad is ahead: not waiting for it until it does (frames queue in memory meanwhile)",
+                    slower.pad.name(),
+                    NO_PROGRESS_WAIT
+                );
+                state.gave_up_on = Some(mark);
+                return Ok(());
+            }
+            state = match self.progress.wait_timeout(state, left) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
+        }
+    }
+
+    /// Every frame the media path drops is counted in the core's stats; the first drop of each
+    /// reason is a warning naming it, later ones are logged.
     fn report_media_drops(&self, stream: &mut Stream) {
-        let dropped = stream.muxer.stats().dropped();
-        if dropped > stream.reported_drops {
-            if stream.reported_drops == 0 {
+        let now = stream.muxer.stats();
+        if now.dropped() == stream.reported_drops.dropped() {
+            return;
+        }
+        let before = stream.reported_drops.drops();
+        for (i, (reason, n)) in now.drops().into_iter().enumerate() {
+            let was = before[i].1;
+            if n == was {
+                continue;
+            }
+            if was == 0 {
                 gst::element_imp_warning!(
                     self,
                     gst::StreamError::Format,
                     (
-                        "kvssink dropped {} frame(s) it could not place in the stream (late, before a key frame or invalid); GST_DEBUG=kvssink-media:4 shows each",
-                        dropped
+                        "kvssink dropped {} frame(s): {}; GST_DEBUG=kvssink-media:4 shows each",
+                        n,
+                        reason
                     )
                 );
             } else {
-                gst::debug!(
-                    CAT,
-                    imp = self,
-                    "{} frames dropped by the media path so far",
-                    dropped
-                );
+                gst::debug!(CAT, imp = self, "{} frame(s) dropped so far: {}", n, reason);
             }
-            stream.reported_drops = dropped;
         }
+        stream.reported_drops = now;
     }
 
-    /// Moves completed fragments to the uploader (starting it if needed); releases `state`.
+    /// Moves the pieces of fragment the muxer produced (the open fragment's blocks as they are
+    /// packed) to the uploader, starting it if needed; releases `state`.
     fn push_out(&self, mut state: MutexGuard<'_, State>) -> Result<(), gst::FlowError> {
         let content_type = state.content_type();
         let Some(stream) = state.stream.as_mut() else {
             return Ok(());
         };
-        let fragments: Vec<Fragment> = match self.in_core(|| stream.drain()) {
-            Ok(f) => f,
+        let pieces = match self.in_core(|| stream.drain()) {
+            Ok(p) => p,
             Err(e) => {
                 gst::element_imp_error!(self, gst::ResourceError::Write, ("{}", e));
                 return Err(gst::FlowError::Error);
             }
         };
-        if fragments.is_empty() {
+        if pieces.is_empty() {
             return Ok(());
         }
         let uploader = stream.uploader(content_type, || self.event_sink());
-        let stored: Vec<_> = fragments.into_iter().map(|f| stream.stored(f)).collect();
         let offline = stream.prepared.streaming_type == StreamingType::Offline;
         *lock(&self.uploader) = Some(uploader.clone());
         let _order = lock(&self.push_lock);
         drop(state);
-        for f in stored {
+        for p in pieces {
             let dropped = if offline {
-                match uploader.push_blocking(f, || self.flushing.load(Ordering::SeqCst)) {
+                match uploader.put_blocking(p, || self.flushing.load(Ordering::SeqCst)) {
                     Ok(d) => d,
                     Err(_) => return Err(gst::FlowError::Flushing),
                 }
             } else {
-                uploader.push(f)
+                uploader.put(p)
             };
             for d in dropped {
                 self.report_drop(&d);
@@ -351,6 +572,7 @@ impl KvsSink {
             }
             UploadEvent::Fatal { status, message } => {
                 self.failed.store(true, Ordering::SeqCst);
+                self.wake_waiting_pads();
                 obj.emit_by_name::<()>("stream-error", &[&u64::from(status)]);
                 gst::element_imp_error!(
                     self,
@@ -419,6 +641,7 @@ impl KvsSink {
                 let (track, rt) = (p.track, p.segment.to_running_time(ts));
                 if let (Some(track), Some(rt), Some(stream)) = (track, rt, state.stream.as_mut()) {
                     let _ = self.in_core(|| stream.muxer.heartbeat(track, rt.nseconds()));
+                    self.core_changed(&state);
                     return self.push_out(state).is_ok();
                 }
                 true
@@ -429,9 +652,7 @@ impl KvsSink {
             }
             EventView::FlushStart(_) => {
                 self.flushing.store(true, Ordering::SeqCst);
-                if let Some(u) = lock(&self.uploader).as_ref() {
-                    u.unblock();
-                }
+                self.release_waits();
                 true
             }
             EventView::FlushStop(_) => {
@@ -441,9 +662,11 @@ impl KvsSink {
                 }
                 state.eos_posted = false;
                 state.eos_started = false;
+                state.gave_up_on = None;
                 if let Some(stream) = state.stream.as_mut() {
                     self.in_core(|| stream.muxer.flush());
                 }
+                self.core_changed(&state);
                 self.flushing.store(false, Ordering::SeqCst);
                 let _ = self.push_out(state);
                 true
@@ -532,13 +755,31 @@ impl KvsSink {
         true
     }
 
+    /// EOS on one pad: its track is no longer waited for, at once; when every pad is at EOS
+    /// the stream ends.
     fn pad_eos(&self, pad: &gst::Pad) {
         let mut state = lock(&self.state);
-        if let Some(p) = state.pads.iter_mut().find(|p| &p.pad == pad) {
-            p.eos = true;
-        }
+        let Some(p) = state.pads.iter_mut().find(|p| &p.pad == pad) else {
+            return;
+        };
+        p.eos = true;
+        let track = p.track;
         gst::debug!(CAT, obj = pad, "EOS");
-        self.maybe_finish(state);
+        self.end_track(state, track);
+    }
+
+    /// A track ended (EOS or its pad released): the others go on without waiting for it.
+    fn end_track(&self, mut state: MutexGuard<'_, State>, track: Option<usize>) {
+        if let (Some(track), Some(stream)) = (track, state.stream.as_mut()) {
+            let _ = self.in_core(|| stream.muxer.end_of_stream(track));
+            self.report_media_drops(stream);
+        }
+        self.core_changed(&state);
+        if state.all_eos() {
+            self.maybe_finish(state);
+        } else {
+            let _ = self.push_out(state);
+        }
     }
 
     /// When every pad is at EOS: close the stream, then post EOS once the upload is confirmed.
@@ -664,9 +905,14 @@ impl KvsSink {
         state.stream = Some(Stream::new(prepared));
         state.eos_posted = false;
         state.eos_started = false;
+        state.gave_up_on = None;
         for i in 0..state.pads.len() {
-            state.pads[i].track = None;
-            state.pads[i].eos = false;
+            let p = &mut state.pads[i];
+            p.track = None;
+            p.eos = false;
+            p.buffers = 0;
+            p.thread = None;
+            p.upstream = None;
             self.add_track(&mut state, i);
         }
         self.flushing.store(false, Ordering::SeqCst);
@@ -675,10 +921,9 @@ impl KvsSink {
     /// PAUSED→READY: what was accepted is closed and given a short time to be confirmed.
     fn stop_stream(&self) {
         self.flushing.store(true, Ordering::SeqCst);
-        if let Some(u) = lock(&self.uploader).as_ref() {
-            u.unblock();
-        }
+        self.release_waits();
         let mut state = lock(&self.state);
+        state.ticker = None;
         let eos_started = state.eos_started;
         if let Some(stream) = state.stream.as_mut()
             && !eos_started
@@ -689,13 +934,13 @@ impl KvsSink {
                 .stop_stream_timeout
                 .min(STOP_WITHOUT_EOS_GRACE);
             // Realtime push: never blocks, even in offline mode (the store refuses instead).
-            let fragments = self.in_core(|| stream.drain()).unwrap_or_default();
+            let pieces = self.in_core(|| stream.drain()).unwrap_or_default();
             let content_type = state.content_type();
             if let Some(stream) = state.stream.as_mut() {
-                if !fragments.is_empty() {
+                if !pieces.is_empty() {
                     let uploader = stream.uploader(content_type, || self.event_sink());
-                    for f in fragments {
-                        for d in uploader.push(stream.stored(f)) {
+                    for p in pieces {
+                        for d in uploader.put(p) {
                             self.report_drop(&d);
                         }
                     }
@@ -1140,6 +1385,9 @@ impl ElementImpl for KvsSink {
             track: None,
             segment: gst::FormattedSegment::new(),
             content_type: None,
+            buffers: 0,
+            thread: None,
+            upstream: None,
         });
         let index = state.pads.len() - 1;
         self.add_track(&mut state, index);
@@ -1154,15 +1402,72 @@ impl ElementImpl for KvsSink {
         Some(pad)
     }
 
+    /// Upstream events sent to the element (a seek, the bin's LATENCY) go up every pad, so
+    /// that all branches seek together; true if one took it. LATENCY also bounds the wait for
+    /// a silent live track.
+    fn send_event(&self, event: gst::Event) -> bool {
+        if !event.is_upstream() {
+            return self.parent_send_event(event);
+        }
+        let mut state = lock(&self.state);
+        if let gst::EventView::Latency(l) = event.view() {
+            state.latency = Some(l.latency());
+            self.apply_wait_policy(&mut state);
+        }
+        let pads: Vec<gst::Pad> = state.pads.iter().map(|p| p.pad.clone()).collect();
+        drop(state);
+        // Every pad gets it (no short circuit).
+        pads.iter()
+            .map(|pad| pad.push_event(event.clone()))
+            .fold(false, |any, ok| any | ok)
+    }
+
+    /// LATENCY: what every pad's upstream needs, combined as an aggregator does (live if any
+    /// is; the largest minimum, the smallest maximum of the live ones).
+    fn query(&self, query: &mut gst::QueryRef) -> bool {
+        let gst::QueryViewMut::Latency(q) = query.view_mut() else {
+            return self.parent_query(query);
+        };
+        let pads: Vec<gst::Pad> = lock(&self.state)
+            .pads
+            .iter()
+            .map(|p| p.pad.clone())
+            .collect();
+        let (mut answered, mut live) = (false, false);
+        let (mut min, mut max) = (gst::ClockTime::ZERO, None::<gst::ClockTime>);
+        for pad in pads {
+            let mut pq = gst::query::Latency::new();
+            if !pad.peer_query(&mut pq) {
+                continue;
+            }
+            answered = true;
+            let (l, mn, mx) = pq.result();
+            if l {
+                live = true;
+                min = min.max(mn);
+                max = match (max, mx) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+        }
+        q.set(live, min, max);
+        answered
+    }
+
     fn release_pad(&self, pad: &gst::Pad) {
         gst::debug!(CAT, obj = pad, "Releasing pad");
-        let _ = pad.set_active(false);
+        // Out of the state first: a streaming thread waiting on this pad or for it leaves its
+        // wait (deactivation below waits for it), and the other tracks stop waiting for it.
         let mut state = lock(&self.state);
-        state.pads.retain(|p| &p.pad != pad);
-        drop(state);
+        let track = state
+            .pads
+            .iter()
+            .position(|p| &p.pad == pad)
+            .and_then(|i| state.pads.remove(i).track);
+        self.end_track(state, track);
+        let _ = pad.set_active(false);
         let _ = self.obj().remove_pad(pad);
-        // The released pad may have been the last one not yet at EOS.
-        self.maybe_finish(lock(&self.state));
     }
 
     fn change_state(
@@ -1179,12 +1484,20 @@ impl ElementImpl for KvsSink {
         if transition == gst::StateChange::ReadyToPaused {
             self.start_stream();
         }
-        if transition == gst::StateChange::PausedToReady {
-            // Release a streaming thread waiting for space before the pads are deactivated.
-            self.flushing.store(true, Ordering::SeqCst);
-            if let Some(u) = lock(&self.uploader).as_ref() {
-                u.unblock();
+        if let gst::StateChange::PlayingToPaused | gst::StateChange::PausedToPlaying = transition {
+            // The element's own pause is not a pause of the source: the open fragment stays.
+            let mut state = lock(&self.state);
+            if let Some(stream) = state.stream.as_mut() {
+                let playing = transition == gst::StateChange::PausedToPlaying;
+                self.in_core(|| stream.muxer.set_pause_detection(playing));
+                self.core_changed(&state);
             }
+        }
+        if transition == gst::StateChange::PausedToReady {
+            // Release a streaming thread waiting (for space, for another pad) before the pads
+            // are deactivated.
+            self.flushing.store(true, Ordering::SeqCst);
+            self.release_waits();
         }
         let success = self.parent_change_state(transition)?;
         match transition {

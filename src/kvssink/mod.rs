@@ -13,6 +13,7 @@ mod fragment_ack;
 mod imp;
 pub mod settings;
 mod stream;
+mod ticker;
 
 pub use fragment_ack::{AckType, FragmentAck, RESULT_OK, SEQUENCE_NUMBER_LEN};
 

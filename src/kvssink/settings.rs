@@ -57,7 +57,7 @@ pub const DEFAULT_USE_ORIGINAL_PTS: bool = false;
 pub const DEFAULT_GET_KVS_METRICS: bool = false;
 pub const DEFAULT_ALLOW_CREATE_STREAM: bool = true;
 
-/// Service and PIC limits (kvs-reference.md §1.3, §2 "Limits", KVS API reference).
+/// Service and PIC limits (docs/kvs-protocol.md §1.2 and §8, KVS API reference).
 pub const MAX_STREAM_NAME_LEN: usize = 256;
 pub const MAX_USER_AGENT_LEN: usize = 32;
 pub const MAX_CODEC_ID_LEN: usize = 32;

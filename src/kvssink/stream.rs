@@ -1,6 +1,7 @@
 //! What the element runs while it streams (READY→PAUSED until PAUSED→READY): the media core
 //! ([`StreamMuxer`]), the `KVS_DEBUG_DUMP_DATA_FILE_DIR` file, and the uploader, started when
-//! the first fragment is complete (its content type comes from the caps).
+//! the first fragment begins (its content type comes from the caps). The muxer's pieces of
+//! fragment become the store's ([`Stream::drain`]) as they are packed.
 //!
 //! Also the translation of the properties into the core's configurations, done once at
 //! NULL→READY ([`Prepared`]).
@@ -13,10 +14,9 @@ use std::time::Duration;
 
 use super::StreamingType;
 use super::settings::{Effective, Settings};
-use crate::fragment::Fragment;
-use crate::fragment::FragmenterConfig;
-use crate::fragment_mux::{MuxerConfig, StreamMuxer, write_fragment};
-use crate::store::{FragmentStore, Limits, Mode, StoredFragment};
+use crate::fragment::{FragmenterConfig, Piece};
+use crate::fragment_mux::{MuxError, MuxStats, MuxerConfig, StreamMuxer};
+use crate::store::{FragmentStore, Limits, Mode, StorePiece, StoredFragment};
 use crate::timeline::{SystemClock, TimelineConfig};
 use crate::upload::control::{ControlConfig, StreamSpec, endpoint_from_env};
 use crate::upload::credentials::{CredentialProperties, KvsCredentials, Source};
@@ -130,7 +130,12 @@ impl Prepared {
                 absolute_fragment_times: settings.absolute_fragment_times || offline,
                 connection_staleness: (settings.connection_staleness_seconds > 0)
                     .then(|| Duration::from_secs(settings.connection_staleness_seconds.into())),
-                replay_window: u64::from(settings.replay_duration_seconds) * 1000 / scale_ms,
+                // Replaying only recent media is a live concept: offline uploads replay all.
+                replay_window: if offline {
+                    u64::MAX
+                } else {
+                    u64::from(settings.replay_duration_seconds) * 1000 / scale_ms
+                },
                 restart_on_error: settings.restart_on_error,
                 wait_for_persisted: settings.retention_period_hours != 0,
                 max_session: crate::upload::MAX_SESSION_DURATION,
@@ -162,9 +167,13 @@ pub struct Stream {
     pub muxer: StreamMuxer,
     dump: Option<(PathBuf, File, bool)>,
     pub uploader: Option<Arc<Uploader>>,
-    /// Dropped-frame count already reported.
-    pub reported_drops: u64,
+    /// Media-path drops already reported.
+    pub reported_drops: MuxStats,
+    /// Kinds of refused frames already warned about (one warning each).
+    pub warned_errors: Vec<std::mem::Discriminant<MuxError>>,
     pub fragments_out: u64,
+    /// Parts of the last fragment: room reserved for the next one in the store, once.
+    last_parts: usize,
 }
 
 impl Stream {
@@ -175,42 +184,65 @@ impl Stream {
             muxer,
             dump: None,
             uploader: None,
-            reported_drops: 0,
+            reported_drops: MuxStats::default(),
+            warned_errors: Vec::new(),
             fragments_out: 0,
+            last_parts: 0,
         }
     }
 
-    /// Completed fragments, written to the dump file if one is configured.
-    pub fn drain(&mut self) -> Result<Vec<Fragment>, String> {
+    /// The pieces of fragment the muxer produced, as the store takes them; written to the dump
+    /// file if one is configured.
+    pub fn drain(&mut self) -> Result<Vec<StorePiece>, String> {
         let mut out = Vec::new();
-        while let Some(f) = self.muxer.pop_fragment() {
-            if let Some(dir) = &self.prepared.dump_dir {
-                if self.dump.is_none() {
-                    let name = format!(
-                        "{}-{}.mkv",
-                        self.prepared.upload.stream.stream_name,
-                        super::settings::now_epoch_seconds()
-                    );
-                    let path = dir.join(name);
-                    let file = File::create(&path).map_err(|e| {
-                        format!(
-                            "KVS_DEBUG_DUMP_DATA_FILE_DIR: cannot create {}: {e}",
-                            path.display()
-                        )
-                    })?;
-                    self.dump = Some((path, file, true));
-                }
-                if let Some((path, file, first)) = self.dump.as_mut() {
-                    write_fragment(file, &f, *first)
-                        .and_then(|_| file.flush())
-                        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-                    *first = false;
-                }
+        while let Some(p) = self.muxer.pop_piece() {
+            if self.prepared.dump_dir.is_some() {
+                self.dump(&p)?;
             }
-            self.fragments_out += 1;
-            out.push(f);
+            out.push(self.stored(p));
         }
         Ok(out)
+    }
+
+    /// Writes a piece to the dump file: the playable Matroska byte stream the uploader sends,
+    /// the header before the first fragment and before every fragment that changes it.
+    fn dump(&mut self, p: &Piece) -> Result<(), String> {
+        let Some(dir) = &self.prepared.dump_dir else {
+            return Ok(());
+        };
+        if self.dump.is_none() {
+            let name = format!(
+                "{}-{}.mkv",
+                self.prepared.upload.stream.stream_name,
+                super::settings::now_epoch_seconds()
+            );
+            let path = dir.join(name);
+            let file = File::create(&path).map_err(|e| {
+                format!(
+                    "KVS_DEBUG_DUMP_DATA_FILE_DIR: cannot create {}: {e}",
+                    path.display()
+                )
+            })?;
+            self.dump = Some((path, file, true));
+        }
+        let Some((path, file, first)) = self.dump.as_mut() else {
+            return Ok(());
+        };
+        let result = match p {
+            Piece::Start(s) => {
+                let header = (*first || s.header_changed).then_some(&s.header);
+                *first = false;
+                header
+                    .into_iter()
+                    .chain(&s.parts)
+                    .try_for_each(|b| file.write_all(b))
+            }
+            Piece::Block(b) => file.write_all(b),
+            Piece::End(e) => e.tail.iter().try_for_each(|b| file.write_all(b)),
+        };
+        result
+            .and_then(|_| file.flush())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))
     }
 
     /// The uploader, started on first use with the content type of the tracks.
@@ -235,16 +267,31 @@ impl Stream {
         uploader
     }
 
-    /// The fragment as the store holds it.
-    pub fn stored(&self, f: Fragment) -> StoredFragment {
+    /// A piece of fragment as the store takes it.
+    fn stored(&mut self, p: Piece) -> StorePiece {
         let scale = self.prepared.mux.fragmenter.timecode_scale_ns.max(1);
-        StoredFragment::from_parts(
-            f.header.clone(),
-            f.timecode,
-            f.duration_ns / scale,
-            f.frames(),
-            f.parts,
-            f.end_of_stream,
-        )
+        match p {
+            Piece::Start(mut s) => {
+                s.parts
+                    .reserve(self.last_parts.saturating_sub(s.parts.len()));
+                StorePiece::Begin(StoredFragment::open(
+                    s.header,
+                    s.timecode,
+                    s.parts.len().saturating_sub(1) as u32,
+                    s.parts,
+                ))
+            }
+            Piece::Block(b) => StorePiece::Append(b),
+            Piece::End(e) => {
+                self.fragments_out += 1;
+                self.last_parts = e.frames() as usize + 2;
+                StorePiece::Complete {
+                    duration: e.duration_ns / scale,
+                    frames: e.frames(),
+                    tail: e.tail,
+                    closes_stream: e.end_of_stream,
+                }
+            }
+        }
     }
 }

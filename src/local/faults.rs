@@ -138,6 +138,7 @@ pub(crate) struct FaultState {
     ack_delay: Duration,
     ack_drops: Vec<AckDrop>,
     http: Vec<(u32, HttpFault)>,
+    uplink_bps: Option<u64>,
 }
 
 /// A credential the endpoint accepts.
@@ -252,6 +253,7 @@ impl Faults {
         s.ack_delay = Duration::ZERO;
         s.ack_drops.clear();
         s.http.clear();
+        s.uplink_bps = None;
     }
 
     pub(crate) fn take_http_fault(&self, operation: &str) -> Option<HttpFault> {
@@ -287,6 +289,17 @@ impl Faults {
             }
         });
         out
+    }
+
+    /// Emulates a device's uplink: every PutMedia connection's body is read at most this fast
+    /// (bits per second; `None`: as fast as it comes). Takes effect at once, also on
+    /// connections already streaming.
+    pub fn limit_uplink(&self, bits_per_second: Option<u64>) {
+        self.lock().uplink_bps = bits_per_second.filter(|&b| b > 0);
+    }
+
+    pub(crate) fn uplink_bps(&self) -> Option<u64> {
+        self.lock().uplink_bps
     }
 
     pub(crate) fn ack_delay(&self) -> Duration {

@@ -18,7 +18,10 @@
 //! Fragment boundaries: an unknown-size Cluster ends where the next top-level element (Cluster,
 //! Tags, Cues, …) or a new EBML header begins; a known-size Cluster at its size. A Tags element
 //! carrying `AWS_KINESISVIDEO_END_OF_FRAGMENT` closes the open fragment and is stored with it;
-//! other Tags are fragment metadata and are stored in front of the next Cluster.
+//! other Tags are fragment metadata: those that follow an unknown-size Cluster belong to it when
+//! an end-of-fragment Tags (or the end of the body) comes next (metadata the producer flushes at
+//! the end of a stream), and to the next fragment when a Cluster comes next (metadata written
+//! before the Cluster it belongs to, as the producer does).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -192,6 +195,12 @@ pub enum Event {
     FragmentStarted {
         timecode: u64,
     },
+    /// A whole SimpleBlock/Block arrived (only with [`Splitter::report_blocks`]).
+    Block {
+        track: u64,
+        /// Absolute timecode (TimecodeScale units).
+        timecode: i64,
+    },
     FragmentCompleted(ParsedFragment),
 }
 
@@ -222,6 +231,9 @@ struct OpenFragment {
     first_frame: Option<i64>,
     last_frame: Option<i64>,
     tags: Vec<(String, String)>,
+    /// Metadata Tags after the (unknown-size) Cluster, not yet attributed.
+    trailing: BytesMut,
+    trailing_tags: Vec<(String, String)>,
 }
 
 /// The incremental splitter. Feed it with [`Splitter::push`], end with [`Splitter::finish`].
@@ -244,6 +256,7 @@ pub struct Splitter {
     open: Option<OpenFragment>,
     prev_timecode: Option<u64>,
     prev_last_frame: Option<i64>,
+    report_blocks: bool,
 }
 
 impl Splitter {
@@ -265,7 +278,14 @@ impl Splitter {
             open: None,
             prev_timecode: None,
             prev_last_frame: None,
+            report_blocks: false,
         }
+    }
+
+    /// Also report each block as it arrives ([`Event::Block`]).
+    pub fn report_blocks(mut self, on: bool) -> Self {
+        self.report_blocks = on;
+        self
     }
 
     /// The session header, once the first Cluster began.
@@ -294,6 +314,7 @@ impl Splitter {
                 if !complete {
                     return Err(self.invalid("the body ended inside a Cluster"));
                 }
+                self.attach_trailing();
                 let done = self.complete_fragment()?;
                 events.push(Event::FragmentCompleted(done));
             }
@@ -624,21 +645,39 @@ impl Splitter {
                 };
                 let tags =
                     parse_tags(&self.buf[h.header_len..total]).map_err(|e| self.invalid(e))?;
-                if tags.iter().any(|(n, _)| n == END_OF_FRAGMENT_TAG) {
-                    let el = self.consume(total);
-                    let open = self.open.as_mut().expect("a Cluster is open");
-                    open.bytes.extend_from_slice(&el);
-                    open.tags.extend(tags);
-                    let mut done = self.complete_fragment()?;
-                    done.end_of_fragment = true;
-                    events.push(Event::FragmentCompleted(done));
-                    self.stage = Stage::SegmentBody;
+                let el = self.consume(total);
+                let end = tags.iter().any(|(n, _)| n == END_OF_FRAGMENT_TAG);
+                let open = self.open_mut();
+                open.trailing.extend_from_slice(&el);
+                open.trailing_tags.extend(tags);
+                if !end {
+                    // Whose it is depends on what follows.
                     return Ok(true);
                 }
+                self.attach_trailing();
+                let mut done = self.complete_fragment()?;
+                done.end_of_fragment = true;
+                events.push(Event::FragmentCompleted(done));
+                self.stage = Stage::SegmentBody;
+                return Ok(true);
             }
+            // The next fragment's Tags came before its Cluster.
+            let open = self.open_mut();
+            let (trailing, tags) = (
+                std::mem::take(&mut open.trailing),
+                std::mem::take(&mut open.trailing_tags),
+            );
+            self.prefix = trailing;
+            self.prefix_tags = tags;
             events.push(Event::FragmentCompleted(self.complete_fragment()?));
             self.stage = Stage::SegmentBody;
             return Ok(true);
+        }
+        if self.open.as_ref().is_some_and(|o| !o.trailing.is_empty()) {
+            return Err(self.invalid(format!(
+                "Cluster child {:#x} after a top-level Tags element",
+                h.id
+            )));
         }
         let size = h.size.ok_or_else(|| {
             self.invalid(format!("Cluster child {:#x} has an unknown size", h.id))
@@ -678,7 +717,7 @@ impl Splitter {
                     ));
                 }
             }
-            ids::SIMPLE_BLOCK => self.block(body, None)?,
+            ids::SIMPLE_BLOCK => self.block(body, None, events)?,
             ids::BLOCK_GROUP => {
                 let kids = children(body).map_err(|e| self.invalid(e))?;
                 let block = kids
@@ -687,7 +726,7 @@ impl Splitter {
                     .map(|(_, d)| *d)
                     .ok_or_else(|| self.invalid("BlockGroup without Block"))?;
                 let key = !kids.iter().any(|(id, _)| *id == ids::REFERENCE_BLOCK);
-                self.block(block, Some(key))?;
+                self.block(block, Some(key), events)?;
             }
             _ => {}
         }
@@ -695,11 +734,26 @@ impl Splitter {
         Ok(true)
     }
 
+    /// The Tags after the open Cluster belong to it.
+    fn attach_trailing(&mut self) {
+        if let Some(open) = self.open.as_mut() {
+            let trailing = std::mem::take(&mut open.trailing);
+            open.bytes.extend_from_slice(&trailing);
+            let tags = std::mem::take(&mut open.trailing_tags);
+            open.tags.extend(tags);
+        }
+    }
+
     fn open_mut(&mut self) -> &mut OpenFragment {
         self.open.as_mut().expect("a Cluster is open")
     }
 
-    fn block(&mut self, data: &[u8], key_from_group: Option<bool>) -> Result<(), RuleError> {
+    fn block(
+        &mut self,
+        data: &[u8],
+        key_from_group: Option<bool>,
+        events: &mut Vec<Event>,
+    ) -> Result<(), RuleError> {
         let Some(cluster_tc) = self.open.as_ref().and_then(|f| f.timecode) else {
             return Err(self.invalid("block before the Cluster Timecode"));
         };
@@ -753,6 +807,12 @@ impl Splitter {
         let key = key_from_group.unwrap_or(flags & 0x80 != 0);
         if key {
             open.key_frames += 1;
+        }
+        if self.report_blocks {
+            events.push(Event::Block {
+                track,
+                timecode: ts,
+            });
         }
         let start = first.min(cluster_tc);
         if last.saturating_sub(start) > max_units {
@@ -970,9 +1030,9 @@ mod tests {
 
     fn media(name: &str) -> Vec<u8> {
         let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/media")
+            .join("tests/data")
             .join(name);
-        std::fs::read(p).expect("shared media")
+        std::fs::read(p).expect("test data")
     }
 
     fn split(data: &[u8], sizes: &mut dyn FnMut() -> usize) -> (Vec<Event>, Result<(), RuleError>) {
@@ -1029,6 +1089,75 @@ mod tests {
                 assert!(matches!(events[0], Event::Header(_)));
             }
         }
+    }
+
+    /// A Tags element with one SimpleTag, written by hand.
+    fn tags(name: &str, value: &str) -> Vec<u8> {
+        fn el(id: &[u8], body: &[u8]) -> Vec<u8> {
+            let mut v = id.to_vec();
+            v.extend_from_slice(&((body.len() as u64) | (1 << 56)).to_be_bytes());
+            v.extend_from_slice(body);
+            v
+        }
+        let simple = [
+            el(&[0x45, 0xA3], name.as_bytes()),
+            el(&[0x44, 0x87], value.as_bytes()),
+        ]
+        .concat();
+        el(
+            &[0x12, 0x54, 0xC3, 0x67],
+            &el(&[0x73, 0x73], &el(&[0x67, 0xC8], &simple)),
+        )
+    }
+
+    #[test]
+    fn tags_after_a_cluster_belong_to_it_before_an_end_of_fragment_and_to_the_next_before_a_cluster()
+     {
+        let data = media("kvs-cpp-test-stream-1_0.mkv");
+        let clusters: Vec<usize> = data
+            .windows(5)
+            .enumerate()
+            .filter(|(_, w)| *w == [0x1F, 0x43, 0xB6, 0x75, 0xFF])
+            .map(|(i, _)| i)
+            .take(3)
+            .collect();
+        let mut body = data[..clusters[1]].to_vec();
+        body.extend(tags("late", "1"));
+        body.extend(tags(END_OF_FRAGMENT_TAG, ""));
+        body.extend(&data[clusters[1]..clusters[2]]);
+        body.extend(tags("next", "2"));
+        body.extend(&data[clusters[2]..]);
+        let (events, r) = split(&body, &mut || 333);
+        r.unwrap();
+        let frags: Vec<&ParsedFragment> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::FragmentCompleted(f) => Some(f),
+                _ => None,
+            })
+            .collect();
+        let names = |f: &ParsedFragment| f.tags.iter().map(|t| t.0.clone()).collect::<Vec<_>>();
+        // (The file's own metadata tags come first.)
+        assert!(names(frags[0]).ends_with(&["late".into(), END_OF_FRAGMENT_TAG.into()]));
+        assert!(frags[0].end_of_fragment);
+        let ours = |f: &ParsedFragment| {
+            names(f)
+                .into_iter()
+                .filter(|n| ["late", "next"].contains(&n.as_str()))
+                .collect::<Vec<_>>()
+        };
+        assert!(ours(frags[1]).is_empty());
+        assert_eq!(ours(frags[2]), vec!["next"]);
+        // A block after such Tags is not inside the Cluster any more.
+        let mut bad = data[..clusters[1]].to_vec();
+        bad.extend(tags("late", "1"));
+        let block_at = data[clusters[0]..]
+            .windows(1)
+            .position(|w| w[0] == 0xA3)
+            .unwrap();
+        bad.extend(&data[clusters[0] + block_at..clusters[1]]);
+        let (_, r) = split(&bad, &mut || 4096);
+        assert_eq!(r.unwrap_err().kind, RuleKind::InvalidMkv);
     }
 
     #[test]

@@ -75,8 +75,8 @@ pub use iot::{
 };
 pub use mkv::Limits;
 pub use model::{
-    AckRecord, ApiError, FragmentInfo, FragmentState, RequestRecord, SessionEnd, SessionInfo,
-    StreamInfo, StreamStatus,
+    AckRecord, ApiError, FragmentInfo, FragmentState, FrameArrival, RequestRecord, SessionEnd,
+    SessionInfo, StreamInfo, StreamStatus,
 };
 pub use store::StoredLocation;
 
@@ -145,6 +145,9 @@ pub struct Config {
     /// Serve HTTPS with a self-signed certificate generated at start (see
     /// [`LocalEndpoint::ca_certificate_path`]).
     pub tls: bool,
+    /// With `tls`: serve this certificate (PEM) and key (PEM, PKCS#8) instead, e.g. one made by
+    /// `openssl req -x509`; the CA path then holds this certificate.
+    pub tls_identity: Option<(String, String)>,
     /// Fragment limits (size 50 MB, duration 10 s, 3 tracks, frames for every track).
     pub limits: Limits,
     /// ERROR 4003 after this long on one PutMedia connection (service: 45 min).
@@ -166,6 +169,11 @@ pub struct Config {
     pub credential_lifetime: Option<Duration>,
     /// Also serve the AWS IoT credentials provider ([`LocalEndpoint::iot`]).
     pub iot: Option<IotEndpointConfig>,
+    /// Read each PutMedia body at most this fast (bits per second), as a device's uplink would
+    /// carry it; changeable later with [`Faults::limit_uplink`].
+    pub uplink_bps: Option<u64>,
+    /// Record when each block of a fragment was read ([`FragmentInfo::frame_arrivals`]).
+    pub record_frame_arrivals: bool,
 }
 
 impl Default for Config {
@@ -179,6 +187,7 @@ impl Default for Config {
             storage_dir: None,
             advertised_url: None,
             tls: false,
+            tls_identity: None,
             limits: Limits::default(),
             max_connection_duration: Duration::from_secs(45 * 60),
             idle_ack_interval: Duration::from_secs(3),
@@ -189,6 +198,8 @@ impl Default for Config {
             runtime: None,
             credential_lifetime: None,
             iot: None,
+            uplink_bps: None,
+            record_frame_arrivals: false,
         }
     }
 }
@@ -241,7 +252,7 @@ impl LocalEndpoint {
         let store = store::Store::new(config.storage_dir.clone())?;
 
         let (tls, ca_path) = if config.tls {
-            let (acceptor, pem) = tls_acceptor()?;
+            let (acceptor, pem) = tls_acceptor(config.tls_identity.as_ref())?;
             let path = store.dir().join("kvs-local-ca.pem");
             std::fs::write(&path, pem)?;
             (Some(acceptor), Some(path))
@@ -252,6 +263,7 @@ impl LocalEndpoint {
         let url = format!("{scheme}://{addr}");
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let faults = Faults::default();
+        faults.limit_uplink(config.uplink_bps);
         faults
             .keys
             .lock()
@@ -268,6 +280,7 @@ impl LocalEndpoint {
                 max_connection_duration: config.max_connection_duration,
                 idle_ack_interval: config.idle_ack_interval,
                 idle_timeout: config.idle_timeout,
+                record_frame_arrivals: config.record_frame_arrivals,
             },
             registry: model::Registry::new(model::RegistrySettings {
                 region: config.region.clone(),
@@ -554,14 +567,34 @@ impl Drop for LocalEndpoint {
     }
 }
 
-fn tls_acceptor() -> Result<(tokio_rustls::TlsAcceptor, String), Error> {
+fn tls_acceptor(
+    identity: Option<&(String, String)>,
+) -> Result<(tokio_rustls::TlsAcceptor, String), Error> {
     use tokio_rustls::rustls;
-    let certified =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    let (pem, cert, key) = match identity {
+        Some((cert_pem, key_pem)) => {
+            let cert = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes())
+                .map_err(|e| Error::Tls(format!("tls_identity certificate: {e}")))?;
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+                .map_err(|e| Error::Tls(format!("tls_identity key: {e}")))?;
+            (cert_pem.clone(), cert, key)
+        }
+        None => {
+            let certified = rcgen::generate_simple_self_signed(vec![
+                "localhost".to_owned(),
+                "127.0.0.1".to_owned(),
+            ])
             .map_err(|e| Error::Tls(e.to_string()))?;
-    let pem = certified.cert.pem();
-    let cert = certified.cert.der().clone();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+            (
+                certified.cert.pem(),
+                certified.cert.der().clone(),
+                rustls::pki_types::PrivateKeyDer::Pkcs8(
+                    certified.signing_key.serialize_der().into(),
+                ),
+            )
+        }
+    };
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -108,6 +108,20 @@ pub struct FragmentInfo {
     pub acks: Vec<AckRecord>,
     /// Where its bytes are stored, once persisted.
     pub stored: Option<StoredLocation>,
+    /// When each of its blocks was read, in order (only with
+    /// [`Config::record_frame_arrivals`](super::Config::record_frame_arrivals)).
+    pub frame_arrivals: Vec<FrameArrival>,
+}
+
+/// A block of a fragment and when the endpoint had read all of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FrameArrival {
+    /// Track number.
+    pub track: u64,
+    /// Absolute timecode (TimecodeScale units).
+    pub timecode: i64,
+    /// Wall clock, µs since the Unix epoch.
+    pub at_unix_us: u64,
 }
 
 /// Why a PutMedia session ended.

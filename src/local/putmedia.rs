@@ -10,7 +10,10 @@
 //! - an ERROR ACK (`ErrorId` + `ErrorCode`) for a broken rule — the splitter's MKV rules,
 //!   4003 after `max_connection_duration`, 4008 when the stream was deleted meanwhile, 5001 when
 //!   storing fails — after which the response ends and the body is no longer read;
-//! - the armed connection faults ([`super::faults`]).
+//! - the armed connection faults ([`super::faults`]), and the uplink limit: the body is read at
+//!   most at [`Faults::limit_uplink`](super::Faults::limit_uplink) bits per second, in pieces of
+//!   at most 16 KiB, each handed on once the time it takes at that rate has passed;
+//! - with `record_frame_arrivals`, when each block was read (frame latency measurements).
 //!
 //! With `x-amzn-fragment-acknowledgment-required: 0` only ERROR and IDLE ACKs are sent.
 
@@ -29,7 +32,8 @@ use super::ack::{Ack, AckEventType};
 use super::faults::ConnectionFault;
 use super::mkv::{Event, ParsedFragment, RuleError, SessionHeader, Splitter};
 use super::model::{
-    AckRecord, ApiError, FragmentInfo, FragmentState, SessionEnd, SessionInfo, StreamRef,
+    AckRecord, ApiError, FragmentInfo, FragmentState, FrameArrival, SessionEnd, SessionInfo,
+    StreamRef,
 };
 use super::server::{ChannelBody, ConnectionKill, ResponseBody, Service, header};
 use super::store::Store;
@@ -118,7 +122,10 @@ pub(crate) fn start(
     let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Outgoing>();
     tokio::spawn(ack_writer(ack_rx, body_tx, kill.clone()));
     let session = Session {
-        splitter: Splitter::new(service.settings.limits.clone()),
+        splitter: Splitter::new(service.settings.limits.clone())
+            .report_blocks(service.settings.record_frame_arrivals),
+        arrivals: Vec::new(),
+        uplink_free_at: None,
         service,
         id,
         stream,
@@ -210,7 +217,14 @@ struct Session {
     open: Option<OpenFragment>,
     bytes: u64,
     ended: Option<SessionEnd>,
+    /// Blocks of the open fragment and when they were read.
+    arrivals: Vec<FrameArrival>,
+    /// With an uplink limit: when the bytes read so far have finished "arriving".
+    uplink_free_at: Option<tokio::time::Instant>,
 }
+
+/// Largest piece of body handed on at once under an uplink limit.
+const UPLINK_PIECE: usize = 16 * 1024;
 
 impl Session {
     async fn run(mut self, mut body: Incoming) {
@@ -247,7 +261,7 @@ impl Session {
                     }
                     Some(Ok(frame)) => {
                         if let Ok(data) = frame.into_data() {
-                            self.on_data(data).await;
+                            self.on_data_paced(data).await;
                             // After the data, not before: a stall inside on_data is not the
                             // client being idle.
                             last_data = Instant::now();
@@ -289,6 +303,23 @@ impl Session {
     fn end(&mut self, end: SessionEnd) {
         if self.ended.is_none() {
             self.ended = Some(end);
+        }
+    }
+
+    /// Hands `data` on at the uplink's pace (at once without a limit).
+    async fn on_data_paced(&mut self, mut data: Bytes) {
+        while !data.is_empty() && self.ended.is_none() {
+            let Some(bps) = self.service.faults.uplink_bps() else {
+                self.uplink_free_at = None;
+                return self.on_data(data).await;
+            };
+            let piece = data.split_to(data.len().min(UPLINK_PIECE));
+            let now = tokio::time::Instant::now();
+            let start = self.uplink_free_at.filter(|t| *t > now).unwrap_or(now);
+            let at = start + Duration::from_nanos(piece.len() as u64 * 8_000_000_000 / bps);
+            self.uplink_free_at = Some(at);
+            tokio::time::sleep_until(at).await;
+            self.on_data(piece).await;
         }
     }
 
@@ -354,6 +385,13 @@ impl Session {
                     self.header = Some(h);
                 }
                 Event::FragmentStarted { timecode } => self.fragment_started(timecode).await,
+                Event::Block { track, timecode } => self.arrivals.push(FrameArrival {
+                    track,
+                    timecode,
+                    at_unix_us: SystemTime::now()
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_micros() as u64),
+                }),
                 Event::FragmentCompleted(f) => self.fragment_completed(f).await,
             }
         }
@@ -386,6 +424,7 @@ impl Session {
         }
         let k = self.fragments_started;
         self.fragments_started += 1;
+        self.arrivals.clear();
         let number = self.service.registry.new_fragment_number();
         let info = FragmentInfo {
             index: 0,
@@ -405,6 +444,7 @@ impl Session {
             error_id: None,
             acks: Vec::new(),
             stored: None,
+            frame_arrivals: Vec::new(),
         };
         let Some(stream_index) = self.service.registry.add_fragment(&self.stream, info) else {
             self.end(SessionEnd::ErrorAck { error_id: 4008 });
@@ -459,6 +499,7 @@ impl Session {
                 r.tags = f.tags.clone();
                 r.end_of_fragment = f.end_of_fragment;
                 r.state = FragmentState::Received;
+                r.frame_arrivals = std::mem::take(&mut self.arrivals);
             });
         tracing::debug!(
             session = self.id,

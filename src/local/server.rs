@@ -53,6 +53,7 @@ pub(crate) struct Settings {
     pub max_connection_duration: Duration,
     pub idle_ack_interval: Duration,
     pub idle_timeout: Duration,
+    pub record_frame_arrivals: bool,
 }
 
 /// Everything the server shares between connections.

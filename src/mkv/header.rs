@@ -1,5 +1,5 @@
 //! The session header: EBML header · Segment (unknown size) · Info · Tracks, byte for byte as the
-//! reference lays it out (kvs-reference.md §2), except for the product strings, which name us.
+//! reference lays it out (docs/kvs-protocol.md §2.3), except for the product strings, which name us.
 //!
 //! A header is written at stream start, whenever the codec configuration changes (a new header
 //! starts at the next key frame) and is re-sent in front of the first fragment of every PutMedia
@@ -158,7 +158,7 @@ mod tests {
 
     #[test]
     fn ebml_header_is_the_reference_one() {
-        // 1A45DFA3 A3 and a 35-byte body: 40 bytes, as kvs-reference.md §2 says.
+        // 1A45DFA3 A3 and a 35-byte body: 40 bytes, as docs/kvs-protocol.md §2.3 says.
         assert_eq!(EBML_HEADER.len(), 40);
         assert_eq!((EBML_HEADER[4] & 0x7F) as usize, EBML_HEADER.len() - 5);
     }

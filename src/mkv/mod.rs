@@ -1,5 +1,5 @@
 //! The Matroska bytes KVS ingests, written by hand with the reference's exact layout
-//! (kvs-reference.md §2): what this module owns is *how* elements are encoded, not *when* they
+//! (docs/kvs-protocol.md §2): what this module owns is *how* elements are encoded, not *when* they
 //! are written (that is [`crate::fragment`]).
 //!
 //! - [`header`]: the session header (EBML header, Segment of unknown size, Info, Tracks), written
@@ -10,7 +10,7 @@
 //! ## Why hand-written
 //! `ebml-iterable`/`webm-iterable` copy every payload two to three times and validate element paths
 //! against one writer that must live for the whole Segment, which fights fragments that are encoded
-//! independently and a header that is re-sent on every reconnect (style-and-crates.md §4.1). The
+//! independently and a header that is re-sent on every reconnect (measured before this module was written). The
 //! reference's layout is a handful of fixed byte patterns, so writing them directly is shorter than
 //! driving a generic writer, and it lets the size fields have the reference's fixed widths:
 //! Segment and Cluster use the 1-byte unknown size `FF`; Info a 2-byte size; Tracks, TrackEntry,

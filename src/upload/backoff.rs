@@ -1,5 +1,5 @@
 //! Exponential backoff with full jitter, as the reference's state machine retries
-//! (kvs-reference.md §3.5): wait a random time in `[0, min(cap, base × 2^n))`.
+//! (docs/kvs-protocol.md §7.3): wait a random time in `[0, min(cap, base × 2^n))`.
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! The KVS control plane, through aws-sdk-kinesisvideo: DescribeStream → CreateStream (only when
 //! the stream is missing and creation is allowed) → TagStream (only with tags) →
-//! GetDataEndpoint(PUT_MEDIA), as the reference element does (kvs-reference.md §3.1).
+//! GetDataEndpoint(PUT_MEDIA), as the reference element does (docs/kvs-protocol.md §3).
 //!
 //! The SDK's own retries are off: the uploader retries with its own backoff, so that a retry
 //! never blocks cancellation and every failure is classified once here — fatal (wrong
@@ -22,7 +22,7 @@ use aws_sdk_kinesisvideo::types::{ApiName, Status};
 use super::credentials::KvsCredentials;
 use super::transport::CaBundle;
 
-/// PIC STATUS codes carried by `stream-error` (kvs-reference.md §1.11).
+/// PIC STATUS codes carried by `stream-error` (docs/kvs-protocol.md §1.6).
 pub mod status {
     pub const NOT_AUTHORIZED: u32 = 0x5200_0010;
     pub const DESCRIBE_STREAM_CALL_FAILED: u32 = 0x5200_0011;
@@ -184,23 +184,15 @@ where
         }
         _ => {
             let detail = aws_sdk_kinesisvideo::error::DisplayErrorContext(&err).to_string();
-            match untrusted_certificate(&detail) {
+            match super::transport::refusal(&detail) {
                 Some(reason) => ControlError::UntrustedCertificate {
                     operation,
-                    detail: reason.to_owned(),
+                    detail: reason,
                 },
                 None => ControlError::Transport { operation, detail },
             }
         }
     }
-}
-
-/// The reason when a connection failed because the server's certificate could not be verified
-/// (rustls' "invalid peer certificate: …"); retrying cannot help.
-fn untrusted_certificate(detail: &str) -> Option<&str> {
-    let at = detail.find("invalid peer certificate")?;
-    let rest = &detail[at..];
-    Some(rest.split([')', '\n']).next().unwrap_or(rest))
 }
 
 pub struct ControlPlane {

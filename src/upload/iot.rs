@@ -1,5 +1,5 @@
 //! The AWS IoT credentials provider, client side: trades the thing's X.509 certificate for
-//! temporary AWS credentials (kvs-reference.md §1.7, the `iot-certificate` property).
+//! temporary AWS credentials (docs/kvs-protocol.md §1.3, the `iot-certificate` property).
 //!
 //! `GET https://<endpoint>/role-aliases/<role-alias>/credentials` with the header
 //! `x-amzn-iot-thingname: <thing>`, over mutual TLS: the client presents the PEM certificate and

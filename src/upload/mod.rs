@@ -1,6 +1,6 @@
-//! The uploader: one tokio task per element that takes completed fragments from the
-//! [`FragmentStore`], sets the stream up through the control plane, streams them over PutMedia
-//! sessions, reads the ACKs, and recovers by itself.
+//! The uploader: one tokio task per element that takes fragments from the [`FragmentStore`] as
+//! they are packed (the open one frame by frame), sets the stream up through the control plane,
+//! streams them over PutMedia sessions, reads the ACKs, and recovers by itself.
 //!
 //! ```text
 //! element (streaming thread) ──push──▶ Shared{store} ──notify──▶ uploader task
@@ -9,7 +9,7 @@
 //!        ◀──── UploadEvent (ACK, drop, retry, fatal, finished) ────┘
 //! ```
 //!
-//! Nothing here blocks a streaming thread except [`Uploader::push_blocking`] (offline mode), and
+//! Nothing here blocks a streaming thread except [`Uploader::put_blocking`] (offline mode), and
 //! that wait ends on cancellation. Every network wait has a deadline or a cancel: the control
 //! plane has `completion-timeout`, a PutMedia session has `connection-staleness` on its ACKs (it
 //! has no total timeout: a session lasts up to ~40 minutes), and stopping cancels everything.
@@ -20,6 +20,7 @@ pub mod control;
 pub mod credentials;
 pub mod iot;
 pub mod putmedia;
+mod sdk_http;
 mod session;
 pub mod transport;
 
@@ -32,7 +33,7 @@ use tracing::Instrument as _;
 use tracing::instrument::WithSubscriber as _;
 
 use crate::ack::Ack;
-use crate::store::{Dropped, FragmentStore, PushError, StoredFragment};
+use crate::store::{Dropped, FragmentStore, StorePiece};
 use backoff::Backoff;
 use control::{ControlConfig, ControlError, ControlPlane, StreamSpec};
 use credentials::KvsCredentials;
@@ -139,7 +140,7 @@ impl Shared {
     }
 }
 
-/// Returned by [`Uploader::push_blocking`] when the wait was cancelled.
+/// Returned by [`Uploader::put_blocking`] when the wait was cancelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("cancelled while waiting for space in the fragment store")]
 pub struct Cancelled;
@@ -176,40 +177,39 @@ impl Uploader {
         }
     }
 
-    /// Adds a fragment, evicting the oldest ones if needed (realtime modes).
-    pub fn push(&self, fragment: StoredFragment) -> Vec<Dropped> {
-        let result = self.shared.store().push_fragment(fragment);
+    /// Adds a piece of fragment (realtime modes: evicting the oldest fragments if needed) and
+    /// wakes the sender.
+    /// An offline-mode store that is full takes the piece over its budget instead of waiting.
+    pub fn put(&self, piece: StorePiece) -> Vec<Dropped> {
+        let dropped = {
+            let mut store = self.shared.store();
+            match store.put(piece) {
+                Ok(d) => d,
+                Err(p) => store.put_over_budget(p),
+            }
+        };
         self.shared.data.notify_one();
-        match result {
-            Ok(dropped) => dropped,
-            // Only a Block-mode store refuses; the element uses push_blocking with it.
-            Err(PushError::Full(f)) => vec![Dropped {
-                timecode: f.timecode,
-                duration: f.duration,
-                frames: f.frames,
-                reason: crate::store::DropReason::StorageFull,
-            }],
-        }
+        dropped
     }
 
-    /// Adds a fragment, waiting for space (offline mode). Ends early when the uploader is
-    /// cancelled or `cancelled()` returns true.
-    pub fn push_blocking(
+    /// Adds a piece of fragment, waiting for space (offline mode). Ends early when the uploader
+    /// is cancelled or `cancelled()` returns true.
+    pub fn put_blocking(
         &self,
-        fragment: StoredFragment,
+        piece: StorePiece,
         cancelled: impl Fn() -> bool,
     ) -> Result<Vec<Dropped>, Cancelled> {
         let mut store = self.shared.store();
-        let mut fragment = fragment;
+        let mut piece = piece;
         loop {
-            match store.push_fragment(fragment) {
+            match store.put(piece) {
                 Ok(dropped) => {
                     drop(store);
                     self.shared.data.notify_one();
                     return Ok(dropped);
                 }
-                Err(PushError::Full(f)) => {
-                    fragment = *f;
+                Err(p) => {
+                    piece = p;
                     if cancelled() || self.shared.cancel.is_cancelled() {
                         return Err(Cancelled);
                     }
@@ -245,7 +245,7 @@ impl Uploader {
         self.shared.data.notify_one();
     }
 
-    /// Wakes a producer blocked in [`Uploader::push_blocking`] so it can see its cancellation.
+    /// Wakes a producer blocked in [`Uploader::put_blocking`] so it can see its cancellation.
     pub fn unblock(&self) {
         self.shared.freed();
     }

@@ -1,5 +1,5 @@
 //! The PutMedia request: headers as the reference element sends them and its SigV4 signature
-//! (kvs-reference.md §3.2–§3.3).
+//! (docs/kvs-protocol.md §4–§5).
 //!
 //! The body streams for the whole session, so it cannot be hashed: like the reference we sign the
 //! SHA-256 of the empty string, and sign every header except `authorization`, `content-type`,

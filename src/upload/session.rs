@@ -1,11 +1,12 @@
-//! One PutMedia session: a chunked request body fed with the session header and then whole
-//! fragments from the store, each closed with the end-of-fragment tag (so that it is persisted
+//! One PutMedia session: a chunked request body fed with the session header and then the
+//! fragments of the store as they are packed — the open fragment's SimpleBlocks as they come —
+//! each fragment closed with the end-of-fragment tag when its end comes (so that it is persisted
 //! at once, not when the next fragment begins), while a reader task parses the ACKs of the same
 //! connection.
 //!
 //! The session ends when the service or the network ends it (`Failed`, then the uploader
 //! reconnects and replays), when the next fragment needs another header or the session is old
-//! (`Rotate`: the body is closed and the outstanding ACKs are awaited
+//! (`Rotate`: at a fragment boundary, the body is closed and the outstanding ACKs are awaited
 //! first), or when everything has been persisted after `finish` (`Finished`).
 
 use std::time::{Duration, Instant, SystemTime};
@@ -121,8 +122,9 @@ async fn run_inner(
     let Some(header) = shared.store().peek_next().map(|f| f.header.clone()) else {
         return End::Rotate;
     };
-    // One channel item is one fragment's parts; the body yields them one by one, uncopied, and
-    // notes when the last part of a fragment went to the connection.
+    // One channel item is parts of a fragment (all it has, or what came since); the body yields
+    // them one by one, uncopied, and notes when the last part of a fragment went to the
+    // connection.
     let (body_tx, mut body_rx) = mpsc::channel::<BodyItem>(4);
     let sent = SentLog::default();
     let body_sent = sent.clone();
@@ -204,29 +206,33 @@ async fn run_inner(
     loop {
         // Decide whether this session takes more fragments or closes.
         if let Some(tx) = &body_tx {
-            let next = shared.store().peek_next().map(|f| f.header.clone());
-            let finishing = shared.finish_deadline().is_some();
-            let close = match &next {
-                Some(h) if *h != header => {
-                    tracing::info!("codec data changed: starting a new PutMedia session");
-                    rotate = true;
-                    true
-                }
-                Some(_) if started.elapsed() >= config.max_session => {
-                    tracing::info!("rotating the PutMedia session before the service's limit");
-                    rotate = true;
-                    true
-                }
-                Some(_) if resign_at.is_some_and(|at| Instant::now() >= at) => {
-                    tracing::info!(
-                        "rotating the PutMedia session to sign with renewed credentials"
-                    );
-                    rotate = true;
-                    true
-                }
-                None => finishing,
-                Some(_) => false,
+            let (next, sending) = {
+                let store = shared.store();
+                (store.peek_next().map(|f| f.header.clone()), store.sending())
             };
+            let finishing = shared.finish_deadline().is_some();
+            let close = !sending
+                && match &next {
+                    Some(h) if *h != header => {
+                        tracing::info!("codec data changed: starting a new PutMedia session");
+                        rotate = true;
+                        true
+                    }
+                    Some(_) if started.elapsed() >= config.max_session => {
+                        tracing::info!("rotating the PutMedia session before the service's limit");
+                        rotate = true;
+                        true
+                    }
+                    Some(_) if resign_at.is_some_and(|at| Instant::now() >= at) => {
+                        tracing::info!(
+                            "rotating the PutMedia session to sign with renewed credentials"
+                        );
+                        rotate = true;
+                        true
+                    }
+                    None => finishing,
+                    Some(_) => false,
+                };
             if close {
                 if !last_closed_stream {
                     let _ = tx.send(BodyItem::other(end_of_fragment_tags())).await;
@@ -312,26 +318,31 @@ async fn run_inner(
                     return End::Failed(Failure::transient("the connection closed the request body".to_owned()));
                 };
                 let mut store = shared.store();
-                if store.peek_next().is_some_and(|f| f.header == header)
-                    && let Some(f) = store.next_to_send()
-                {
-                    tracing::trace!(timecode = f.timecode, bytes = f.len, "sending fragment");
-                    // Each fragment is closed at once with the end-of-fragment tag: the
-                    // service persists it now instead of when the next fragment, complete
-                    // only one fragment duration later, starts.
-                    let mut parts = f.parts;
-                    if !f.closes_stream {
-                        parts.push(end_of_fragment.clone());
+                let chunk = if store.sending() || store.peek_next().is_some_and(|f| f.header == header) {
+                    store.take_parts()
+                } else {
+                    None
+                };
+                if let Some(c) = chunk {
+                    tracing::trace!(timecode = c.timecode, parts = c.parts.len(), last = c.last, "sending");
+                    let mut parts = c.parts;
+                    if c.last {
+                        // Each fragment is closed at once with the end-of-fragment tag: the
+                        // service persists it now instead of when the next fragment starts.
+                        if !c.closes_stream {
+                            parts.push(end_of_fragment.clone());
+                        }
+                        if !config.fragment_acks {
+                            store.on_persisted(c.timecode);
+                            shared.freed();
+                        }
                     }
-                    last_closed_stream = true;
-                    if !config.fragment_acks {
-                        store.on_persisted(f.timecode);
-                        shared.freed();
-                    } else if waiting_since.is_none() {
+                    last_closed_stream = c.last;
+                    if config.fragment_acks && waiting_since.is_none() {
                         waiting_since = Some(Instant::now());
                     }
                     drop(store);
-                    permit.send(BodyItem { parts, timecode: Some(f.timecode) });
+                    permit.send(BodyItem { parts, timecode: c.last.then_some(c.timecode) });
                 }
             }
             _ = shared.data.notified(), if body_tx.is_some() && !has_next => {}

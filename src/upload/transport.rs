@@ -2,13 +2,26 @@
 //! `KVSSINK_CA_CERT_PATH`, a directory of certificates or a PEM file) and the HTTP clients of
 //! the control plane and PutMedia built with them. Plain `http://` is allowed only for an
 //! endpoint the user configured explicitly, with a warning.
+//!
+//! ## Pinned self-signed certificates
+//! `openssl req -x509 …` makes a self-signed certificate marked as a CA (basicConstraints
+//! CA:TRUE); servers of private setups present it as their own certificate. The WebPKI rules
+//! refuse a CA certificate as a server's (`CaUsedAsEndEntity`); the C++ element (OpenSSL) takes
+//! it when it is in its CA file. We accept it only as an exact pin: the server presents, byte for
+//! byte, a certificate of `KVSSINK_CA_CERT_PATH`. Every other check stays: its validity period
+//! (checked by webpki before the CA flag), the host name (checked here), the handshake signature.
+//! Any other certificate goes through the WebPKI rules unchanged. Errors name the rule that
+//! refused the certificate ([`refusal`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_kinesisvideo::config::SharedHttpClient;
-use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 
 /// Extra certificate authorities from `KVSSINK_CA_CERT_PATH`.
 #[derive(Clone)]
@@ -107,42 +120,172 @@ fn pem_certificates(bytes: &[u8]) -> Vec<Vec<u8>> {
     out
 }
 
+impl CaBundle {
+    fn certificates(&self) -> Vec<CertificateDer<'static>> {
+        self.pems
+            .iter()
+            .filter_map(|p| CertificateDer::from_pem_slice(p).ok())
+            .collect()
+    }
+
+    /// TLS settings that trust the system's roots and this bundle, and take a certificate of
+    /// the bundle as an exact pin (see the module docs).
+    pub fn tls_config(&self) -> Result<rustls::ClientConfig, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        let system = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(system.certs);
+        let pins = self.certificates();
+        roots.add_parsable_certificates(pins.iter().cloned());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| format!("KVSSINK_CA_CERT_PATH={}: {e}", self.path.display()))?;
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinningVerifier { webpki, pins }))
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(config)
+    }
+}
+
+/// The WebPKI rules, plus the exact pins of `KVSSINK_CA_CERT_PATH` (module docs).
+#[derive(Debug)]
+struct PinningVerifier {
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+    pins: Vec<CertificateDer<'static>>,
+}
+
+impl ServerCertVerifier for PinningVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Err(rustls::Error::InvalidCertificate(CertificateError::Other(other)))
+                if matches!(
+                    other.0.downcast_ref::<webpki::Error>(),
+                    Some(webpki::Error::CaUsedAsEndEntity)
+                ) && self.pins.iter().any(|p| p.as_ref() == end_entity.as_ref()) =>
+            {
+                // webpki checked the validity period before it refused the CA flag.
+                let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+                rustls::client::verify_server_name(&parsed, server_name)?;
+                Ok(ServerCertVerified::assertion())
+            }
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+/// What rule refused a server certificate, from the error text of a failed connection
+/// (rustls' "invalid peer certificate: …"), in words a user can act on.
+pub fn refusal(detail: &str) -> Option<String> {
+    const MARK: &str = "invalid peer certificate: ";
+    let at = detail.find(MARK)?;
+    let raw = &detail[at + MARK.len()..];
+    let rules: [(&[&str], &str); 8] = [
+        (
+            &["CaUsedAsEndEntity"],
+            "the server presents a CA certificate (basicConstraints CA:TRUE, as `openssl req -x509` makes) as its own; that is accepted only as an exact pin: put this very certificate in KVSSINK_CA_CERT_PATH",
+        ),
+        (
+            &["UnknownIssuer"],
+            "it is not signed by a certificate authority the element trusts (the system's or KVSSINK_CA_CERT_PATH's)",
+        ),
+        (
+            &["certificate expired", "Expired"],
+            "it has expired (its notAfter date is past)",
+        ),
+        (
+            &["not valid yet", "NotValidYet"],
+            "it is not valid yet (its notBefore date is in the future; check the device's clock)",
+        ),
+        (
+            &["not valid for name", "NotValidForName"],
+            "it does not name the host the element connects to (subjectAltName)",
+        ),
+        (
+            &["BadSignature"],
+            "its signature does not verify (a different certificate with the same issuer name?)",
+        ),
+        (
+            &["extended key usage", "InvalidPurpose"],
+            "its extended key usage does not allow TLS server authentication",
+        ),
+        (&["Revoked"], "it is revoked"),
+    ];
+    let head = raw.split([')', '\n']).next().unwrap_or(raw);
+    for (marks, rule) in rules {
+        if let Some(mark) = marks.iter().find(|m| head.contains(**m)) {
+            return Some(format!("{rule}; rustls: {mark}"));
+        }
+    }
+    Some(head.to_owned())
+}
+
 /// The PutMedia client: HTTP/1.1, no idle pool, the system roots plus `ca`.
 pub fn putmedia_client(
     ca: Option<&CaBundle>,
     connect_timeout: Duration,
-) -> Result<reqwest::Client, reqwest::Error> {
+) -> Result<reqwest::Client, String> {
     let mut builder = reqwest::Client::builder()
         .http1_only()
         .tcp_nodelay(true)
         .connect_timeout(connect_timeout)
         .pool_max_idle_per_host(0);
     if let Some(ca) = ca {
-        let certs = ca
-            .pems
-            .iter()
-            .filter_map(|p| reqwest::Certificate::from_pem(p).ok());
-        builder = builder.tls_certs_merge(certs);
+        builder = builder.tls_backend_preconfigured(ca.tls_config()?);
     }
-    builder.build()
+    builder.build().map_err(|e| e.to_string())
 }
 
-/// The control plane's HTTP client, when `ca` adds authorities to the system's.
+/// The control plane's HTTP client, when `ca` adds authorities to the system's: the same TLS
+/// settings as PutMedia ([`super::sdk_http`]).
 pub fn control_client(ca: &CaBundle) -> Result<SharedHttpClient, String> {
-    let mut store = TrustStore::default();
-    for pem in ca.pems.iter() {
-        store.add_pem_certificate(pem.clone());
-    }
-    let context = TlsContext::builder()
-        .with_trust_store(store)
+    let client = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .tls_backend_preconfigured(ca.tls_config()?)
         .build()
         .map_err(|e| e.to_string())?;
-    Ok(aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(
-            tls::rustls_provider::CryptoMode::AwsLc,
-        ))
-        .tls_context(context)
-        .build_https())
+    Ok(super::sdk_http::shared(client))
 }
 
 /// Whether `url` may be used: `https://` always; `http://` only when `explicit` (the user
@@ -193,6 +336,25 @@ mod tests {
         std::fs::write(&junk, "hello").unwrap();
         let e = CaBundle::load(&junk).unwrap_err();
         assert!(e.problem.contains("BEGIN CERTIFICATE"), "{e}");
+    }
+
+    #[test]
+    fn refusals_name_the_rule() {
+        let expired = "DescribeStream: dispatch failure (invalid peer certificate: certificate expired: verification time 1764 (UNIX), but certificate is not valid after 1609 (155 seconds ago))";
+        let r = refusal(expired).unwrap();
+        assert_eq!(
+            r,
+            "it has expired (its notAfter date is past); rustls: certificate expired"
+        );
+        let r =
+            refusal("x: invalid peer certificate: UnknownIssuer (DispatchFailure(...))").unwrap();
+        assert_eq!(
+            r,
+            "it is not signed by a certificate authority the element trusts (the system's or KVSSINK_CA_CERT_PATH's); rustls: UnknownIssuer"
+        );
+        let r = refusal("invalid peer certificate: Other(OtherError(CaUsedAsEndEntity))").unwrap();
+        assert!(r.contains("exact pin"), "{r}");
+        assert_eq!(refusal("connection refused"), None);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The four independent checks of a Matroska file (kvs-reference test-infra §4), shared by the
+//! The four independent checks of a Matroska file (docs/kvs-protocol.md §9), shared by the
 //! media and pipeline tests: `mkvmerge -J` without errors or warnings, `ffmpeg -xerror` decoding
 //! silently, strictly increasing per-track PTS in `ffprobe` with the expected frame counts, and
 //! GStreamer demux + decode without WARN/ERROR.

@@ -1,9 +1,11 @@
-//! Helpers shared by the integration tests: static plugin registration, locating `../shared`
+//! Helpers shared by the integration tests: static plugin registration, locating `tests/data`
 //! and the built `.so`, and a parser for `gst-inspect-1.0` property listings.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+mod no_instance_metadata;
 
 pub fn init() {
     use std::sync::Once;
@@ -14,15 +16,9 @@ pub fn init() {
     });
 }
 
-/// `../shared` beside the project root.
-pub fn shared_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
-    assert!(
-        dir.join("reference").is_dir(),
-        "../shared must sit beside the project root (looked in {})",
-        dir.display()
-    );
-    dir
+/// `tests/data`: the test vectors kept in the repository (provenance in its README).
+pub fn test_data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
 }
 
 /// The `libgstkvssink.so` of this build, next to this test binary. Cargo does not link the
@@ -125,7 +121,7 @@ pub fn parse_inspect_properties(text: &str) -> Vec<InspectProperty> {
 
 /// The reference element's `gst-inspect-1.0 kvssink`.
 pub fn reference_inspect() -> String {
-    std::fs::read_to_string(shared_dir().join("reference/cpp-kvssink-inspect.txt")).unwrap()
+    std::fs::read_to_string(test_data_dir().join("cpp-kvssink-inspect.txt")).unwrap()
 }
 
 /// Pad template sections ("SINK template: ..." up to the next blank line), whitespace-squashed.

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use gst::prelude::*;
 use gstkvssink::local::LocalEndpoint;
@@ -51,6 +51,8 @@ pub struct RunOptions<'a> {
     pub remove_env: Vec<&'static str>,
     /// Called once the pipeline is PLAYING, with the pipeline.
     pub on_playing: Option<OnPlaying<'a>>,
+    /// Called with the pipeline before it starts (to add probes that see every buffer).
+    pub on_created: Option<OnPlaying<'a>>,
 }
 
 /// Runs `description` (with a kvssink named `sink`) until EOS, an error or `timeout`.
@@ -66,6 +68,9 @@ pub fn run(
         .downcast::<gst::Pipeline>()
         .unwrap();
     let sink = pipeline.by_name("sink").expect("a kvssink named sink");
+    if let Some(f) = opts.on_created {
+        f(&pipeline);
+    }
     let frames = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
     for pad in sink.sink_pads() {
         let frames = frames.clone();
@@ -79,6 +84,13 @@ pub fn run(
     let started = Instant::now();
     {
         let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        // The values `extra_env` replaces, restored below (e.g. AWS_EC2_METADATA_DISABLED, which
+        // the whole test process keeps: tests/common/no_instance_metadata.rs).
+        let previous: Vec<_> = opts
+            .extra_env
+            .iter()
+            .map(|(k, _)| (k, std::env::var_os(k)))
+            .collect();
         // SAFETY: ENV_LOCK serializes every environment change and read of these tests.
         unsafe {
             for (k, v) in endpoint.env() {
@@ -96,9 +108,14 @@ pub fn run(
             }
         }
         let _ = pipeline.set_state(gst::State::Ready);
-        for (k, _) in &opts.extra_env {
+        for (k, v) in previous {
             // SAFETY: as above.
-            unsafe { std::env::remove_var(k) };
+            unsafe {
+                match v {
+                    Some(v) => std::env::set_var(k, v),
+                    None => std::env::remove_var(k),
+                }
+            }
         }
     }
     let bus = pipeline.bus().unwrap();
@@ -175,4 +192,91 @@ pub fn stored_frames(endpoint: &LocalEndpoint, stream: &str) -> BTreeMap<u64, u6
         }
     }
     out
+}
+
+/// Wall-clock entry time of each buffer into kvssink, per pad, with its running time (ms).
+pub type Entries = Arc<Mutex<BTreeMap<String, Vec<(u64, SystemTime)>>>>;
+
+pub fn record_entries(pipeline: &gst::Pipeline, entries: &Entries) {
+    let sink = pipeline.by_name("sink").unwrap();
+    for pad in sink.sink_pads() {
+        let entries = entries.clone();
+        let name = pad.name().to_string();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+            let segment = pad
+                .sticky_event::<gst::event::Segment>(0)
+                .and_then(|e| e.segment().downcast_ref::<gst::ClockTime>().cloned());
+            if let Some(b) = info.buffer()
+                && let Some(segment) = segment
+                && let Some(pts) = b.pts().and_then(|t| segment.to_running_time(t))
+            {
+                entries
+                    .lock()
+                    .unwrap()
+                    .entry(name.clone())
+                    .or_default()
+                    .push((pts.mseconds(), SystemTime::now()));
+            }
+            gst::PadProbeReturn::Ok
+        });
+    }
+}
+
+/// Frame latencies (frame enters kvssink → its block read by the endpoint) of `track`,
+/// matched by timecode; the first fragment (stream and connection setup) is left out.
+pub fn frame_latencies(
+    ep: &LocalEndpoint,
+    name: &str,
+    pad: &str,
+    track: u64,
+    entries: &Entries,
+) -> Vec<Duration> {
+    let entries = entries.lock().unwrap();
+    let entered = &entries[pad];
+    let mut frags: Vec<_> = ep
+        .fragments(name)
+        .into_iter()
+        .filter(|f| f.state == gstkvssink::local::FragmentState::Persisted)
+        .collect();
+    frags.sort_by_key(|f| f.index);
+    let arrivals: Vec<_> = frags
+        .iter()
+        .flat_map(|f| f.frame_arrivals.iter().filter(|a| a.track == track))
+        .collect();
+    // The timeline maps PTS onto the wall clock by one offset: the first video frame's.
+    let first_video = frags[0]
+        .frame_arrivals
+        .iter()
+        .find(|a| a.track == 1)
+        .unwrap();
+    let video_entries = &entries["video_0"];
+    let offset = first_video.timecode - video_entries[0].0 as i64;
+    let by_pts: BTreeMap<i64, SystemTime> = entered.iter().map(|(p, t)| (*p as i64, *t)).collect();
+    let mut out = Vec::new();
+    for a in arrivals {
+        if a.timecode < frags[1].timecode as i64 {
+            continue;
+        }
+        let pts = a.timecode - offset;
+        let entry = (pts - 1..=pts + 1).find_map(|p| by_pts.get(&p));
+        let Some(entry) = entry else { continue };
+        let at = SystemTime::UNIX_EPOCH + Duration::from_micros(a.at_unix_us);
+        out.push(at.duration_since(*entry).unwrap_or_default());
+    }
+    out
+}
+
+/// Runs a `gst-launch-1.0` line (test media), failing the test if it fails.
+pub fn gst_launch(line: &str) {
+    let out = std::process::Command::new("timeout")
+        .args(["120", "gst-launch-1.0", "-q"])
+        .args(line.split_whitespace())
+        .env_remove("GST_DEBUG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{line}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

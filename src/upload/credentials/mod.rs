@@ -1,6 +1,6 @@
 //! Where the uploader's AWS credentials come from, and keeping them fresh.
 //!
-//! The sources, in the reference element's order (kvs-reference.md §1.7), then the standard
+//! The sources, in the reference element's order (docs/kvs-protocol.md §1.3), then the standard
 //! chain; the first one that is configured is the one used:
 //! 1. `iot-certificate`: the AWS IoT credentials provider over mutual TLS ([`super::iot`]);
 //! 2. the `access-key`/`secret-key`/`session-token` properties (their sentinel defaults mean
