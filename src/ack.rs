@@ -133,7 +133,12 @@ impl AckParser {
                     self.pending.advance(consumed);
                     out.push(Ack::try_from(raw));
                 }
-                Some(Err(e)) if e.is_eof() => {
+                // serde_json reports a number cut after its `.` or `e` (`4.`, `1e`) at the end
+                // of the input as an invalid number, not as EOF: an error at the very end may
+                // still be an unfinished object, so wait for more bytes as for EOF.
+                Some(Err(e))
+                    if e.is_eof() || error_offset(&self.pending, &e) + 1 >= self.pending.len() =>
+                {
                     if self.pending.len() > MAX_PENDING_BYTES {
                         self.pending.clear();
                         out.push(Err(AckError::TooLong));
@@ -165,6 +170,22 @@ impl AckParser {
         }
         out
     }
+}
+
+/// The byte offset in `buf` of the position `e` names (line and column are 1-based).
+fn error_offset(buf: &[u8], e: &serde_json::Error) -> usize {
+    let mut line = 1;
+    let mut start = 0;
+    for (i, &b) in buf.iter().enumerate() {
+        if line == e.line() {
+            break;
+        }
+        if b == b'\n' {
+            line += 1;
+            start = i + 1;
+        }
+    }
+    start + e.column().saturating_sub(1)
 }
 
 /// How an ERROR ACK is handled, by `ErrorId` (docs/kvs-protocol.md §6.3).
@@ -236,6 +257,27 @@ pub fn error_code_name(error_id: u64) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_number_cut_after_its_dot_waits_for_more_bytes() {
+        // Found by fuzzing (fuzz/fuzz_targets/ack_parser.rs): fed byte by byte, an ACK with a
+        // fractional number in a field we do not read (`"X":4.04`) was dropped as malformed when
+        // a chunk ended right after the `.` (serde_json: invalid number, not EOF).
+        let ack = br#"{"EventType":"PERSISTED","X":4.04,"Y":1e3,"FragmentTimecode":5}"#;
+        let mut p = AckParser::new();
+        let mut out = Vec::new();
+        for b in ack {
+            out.extend(p.push(&[*b]));
+        }
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].as_ref().unwrap().timecode, Some(5));
+        // A real error at the end is still reported once more bytes show it.
+        let mut p = AckParser::new();
+        assert!(p.push(br#"{"EventType":"IDLE","X":4."#).is_empty());
+        let r = p.push(br#"x} {"EventType":"IDLE"}"#);
+        assert!(matches!(r[0], Err(AckError::Malformed(_))), "{r:?}");
+        assert_eq!(r[1].as_ref().unwrap().event, AckEvent::Idle);
+    }
     use proptest::prelude::*;
 
     const STREAM: &str = concat!(
