@@ -94,7 +94,10 @@ fn video_latency_p50_after(
     assert!(lat.len() > 60, "{} video frames matched", lat.len());
     lat.sort();
     let p50 = lat[lat.len() / 2];
-    eprintln!("{name}: video frame latency p50 {p50:?}, max {:?}", lat[lat.len() - 1]);
+    eprintln!(
+        "{name}: video frame latency p50 {p50:?}, max {:?}",
+        lat[lat.len() - 1]
+    );
     p50
 }
 
