@@ -47,7 +47,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gst::prelude::*;
 use gstkvssink::local::{
-    Config, Credentials, FragmentState, HttpFault, LocalEndpoint, SessionEnd, Trigger,
+    Config, Credentials, FragmentInfo, FragmentState, HttpFault, LocalEndpoint, SessionEnd, Trigger,
 };
 
 const HELP: &str = "\
@@ -63,6 +63,8 @@ usage: soak [--minutes N] [--seed S] [options]
   --max-rss-growth-mib N    allowed RSS growth of the pipeline process (default 10)
   --workdir DIR             logs, credential file, endpoint storage (default: a new /tmp dir)
   --bitrate KBPS            x264enc bitrate (default 500)
+  --only KIND,…             draw only these faults: reset close stall error-ack cp-5xx
+                            cp-throttling credentials (default: all)
 ";
 
 const STREAM: &str = "soak";
@@ -108,6 +110,8 @@ struct ChildReport {
     dropped_frames: u64,
     dropped_fragments: u64,
     drop_reasons: BTreeMap<String, u64>,
+    /// `(timecode, frames, reason)` of each `kvssink-fragment-dropped` message.
+    dropped: Vec<(u64, u64, String)>,
     warnings: Vec<String>,
     errors: Vec<String>,
     eos: bool,
@@ -186,6 +190,7 @@ struct Opts {
     max_rss_growth_mib: f64,
     workdir: PathBuf,
     bitrate: u32,
+    kinds: Vec<u64>,
 }
 
 fn parse_opts() -> Opts {
@@ -206,7 +211,8 @@ fn parse_opts() -> Opts {
         Some(d) => PathBuf::from(d),
         None => std::env::temp_dir().join(format!("kvssink-soak-{seed}-{}", std::process::id())),
     };
-    let opts = Opts {
+    let only: Option<String> = args.opt("only");
+    let mut opts = Opts {
         minutes,
         seed,
         fault_interval: Duration::from_secs(args.value("fault-interval-s", 20)),
@@ -215,13 +221,36 @@ fn parse_opts() -> Opts {
         max_rss_growth_mib: args.value("max-rss-growth-mib", 10.0),
         workdir,
         bitrate: args.value("bitrate", 500),
+        kinds: (0..KINDS.len() as u64).collect(),
     };
+    if let Some(only) = only {
+        opts.kinds = only
+            .split(',')
+            .map(|k| match KINDS.iter().position(|n| *n == k.trim()) {
+                Some(i) => i as u64,
+                None => args.fail(&format!("unknown fault kind '{k}'")),
+            })
+            .collect();
+    }
     args.finish();
     opts
 }
 
+/// Fault kinds, by the number `Injector::inject` draws.
+const KINDS: [&str; 7] = [
+    "reset",
+    "close",
+    "stall",
+    "error-ack",
+    "cp-5xx",
+    "cp-throttling",
+    "credentials",
+];
+
 struct Injector {
     rng: Rng,
+    /// The kinds drawn from (indexes into `KINDS`).
+    kinds: Vec<u64>,
     counts: BTreeMap<String, u64>,
     total: u64,
 }
@@ -240,7 +269,7 @@ impl Injector {
             .unwrap_or((0, 0));
         // A random byte within the next ~fragment (1 s of 320x240 at the configured bitrate).
         let mid = bytes + self.rng.range(1, 60_000);
-        let kind = self.rng.range(0, 6);
+        let kind = *self.rng.pick(&self.kinds);
         let (key, what) = match kind {
             0 => {
                 f.reset_after_bytes(mid);
@@ -387,6 +416,9 @@ fn apply_line(report: &mut ChildReport, line: &str, t: f64) {
             let frames: u64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
             let tc = it.next().unwrap_or("");
             let reason = it.next().unwrap_or("").to_owned();
+            report
+                .dropped
+                .push((tc.parse().unwrap_or(0), frames, reason.clone()));
             report.dropped_frames += frames;
             report.dropped_fragments += 1;
             *report.drop_reasons.entry(reason.clone()).or_default() += frames;
@@ -559,10 +591,12 @@ fn driver() -> i32 {
     let mut report = ChildReport::default();
     let mut injector = Injector {
         rng: Rng(opts.seed),
+        kinds: opts.kinds.clone(),
         counts: BTreeMap::new(),
         total: 0,
     };
     let mut failures: Vec<String> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
     let mut hung = false;
     let interval = opts.fault_interval.as_secs_f64();
     let mut next_fault = interval * (0.5 + injector.rng.range(0, 1000) as f64 / 1000.0);
@@ -738,11 +772,25 @@ fn driver() -> i32 {
     let frames_in = video_in + audio_in;
     let video_p = per_track.get(&1).copied().unwrap_or(0);
     let audio_p = per_track.get(&2).copied().unwrap_or(0);
-    let lost = frames_in.saturating_sub(unique + report.dropped_frames);
-    if unique + report.dropped_frames > frames_in && report.done {
+    // A fragment reported dropped that the endpoint persisted all the same (e.g. its PERSISTED
+    // ACK was lost with the connection): not a loss, but a false report; it is counted once.
+    let persisted_tcs: BTreeMap<u64, &FragmentInfo> =
+        persisted.iter().map(|f| (f.timecode, *f)).collect();
+    let mut false_drops = 0u64;
+    for (tc, frames, reason) in &report.dropped {
+        if let Some(f) = persisted_tcs.get(tc) {
+            false_drops += frames;
+            notes.push(format!(
+                "fragment {tc} ({frames} frames) was reported dropped ({reason}) but is persisted (endpoint fragment {}, session {}, its {}th)",
+                f.index, f.session_id, f.connection_index
+            ));
+        }
+    }
+    let reported = report.dropped_frames - false_drops;
+    let lost = frames_in.saturating_sub(unique + reported);
+    if unique + reported > frames_in && report.done {
         failures.push(format!(
-            "persisted ({unique}) + reported dropped ({}) exceeds the frames in ({frames_in}): a dropped fragment was persisted too?",
-            report.dropped_frames
+            "persisted ({unique}) + reported dropped ({reported}) exceeds the frames in ({frames_in})"
         ));
     }
     if video_p > video_in || audio_p > audio_in {
@@ -808,8 +856,49 @@ fn driver() -> i32 {
         report.warnings.len(),
         mib(rss_max)
     );
+    for n in &notes {
+        println!("NOTE: {n}");
+    }
     for f in &failures {
         println!("FAIL: {f}");
+    }
+    if !failures.is_empty() || !notes.is_empty() {
+        // What the endpoint saw, fragment by fragment, for the post-mortem.
+        let mut table = String::new();
+        for f in &fragments {
+            let acks: Vec<String> = f
+                .acks
+                .iter()
+                .map(|a| {
+                    let at = a.at.duration_since(UNIX_EPOCH).unwrap_or_default();
+                    format!(
+                        "{:?}{}@{}.{:03}",
+                        a.ack.event_type,
+                        if a.sent { "" } else { "(unsent)" },
+                        at.as_secs(),
+                        at.subsec_millis()
+                    )
+                })
+                .collect();
+            table.push_str(&format!(
+                "{} session {} #{} tc {} {:?} err {:?} frames {:?} acks {}\n",
+                f.index,
+                f.session_id,
+                f.connection_index,
+                f.timecode,
+                f.state,
+                f.error_id,
+                f.frames_per_track,
+                acks.join(" ")
+            ));
+        }
+        for s in &sessions {
+            table.push_str(&format!(
+                "session {} started {:?} ended {:?} bytes {} fragments {} end {:?}\n",
+                s.id, s.started, s.ended, s.bytes_received, s.fragments, s.end
+            ));
+        }
+        let _ = std::fs::write(opts.workdir.join("fragments.txt"), table);
     }
     if failures.is_empty() {
         let _ = std::fs::remove_dir_all(opts.workdir.join("endpoint"));
