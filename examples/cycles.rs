@@ -25,13 +25,17 @@ usage: cycles [--cycles N] [--elements N] [--seed S]
   --cycles N     NULL→PLAYING→NULL cycles of a live pipeline (default 1000)
   --elements N   kvssink create/destroy cycles (default 1000)
   --seed S       seed of the PLAYING durations (default 1)
-  --max-rss-growth-mib N   allowed RSS growth from after cycle 100 to the end (default 10)
+  --max-rss-growth-mib N   allowed RSS growth from after cycle 100 to the end (default 10;
+                 pipeline cycles: twice that, and a quarter of it for the heap in use)
   --baseline     fakesinks instead of kvssink (what the rest of the pipeline costs)
 ";
 
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     rss_kib: u64,
+    /// Bytes malloc has handed out and not got back (glibc `mallinfo2`, all arenas and mmapped
+    /// blocks): grows with a leak, unlike RSS not with fragmentation or memory the allocator keeps.
+    heap_in_use: u64,
     threads: usize,
     fds: usize,
 }
@@ -44,8 +48,12 @@ fn sample() -> Sample {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0);
     let count = |d: &str| std::fs::read_dir(d).map(|r| r.count()).unwrap_or(0);
+    // SAFETY: mallinfo2 only reads the allocator's counters.
+    let m = unsafe { libc::mallinfo2() };
+    let heap_in_use = (m.uordblks + m.hblkhd) as u64;
     Sample {
         rss_kib,
+        heap_in_use,
         threads: count("/proc/self/task"),
         // Minus the descriptor read_dir itself holds open.
         fds: count("/proc/self/fd").saturating_sub(1),
@@ -54,8 +62,9 @@ fn sample() -> Sample {
 
 fn show(label: &str, s: Sample) -> String {
     let line = format!(
-        "{label:<28} RSS {:7.1} MiB  threads {:3}  fds {:3}",
+        "{label:<28} RSS {:7.1} MiB  heap in use {:6.1} MiB  threads {:3}  fds {:3}",
         s.rss_kib as f64 / 1024.0,
+        s.heap_in_use as f64 / 1048576.0,
         s.threads,
         s.fds
     );
@@ -160,12 +169,13 @@ fn main() {
             after_100 = sample();
             report.push(show(&format!("pipeline: after cycle {i}"), after_100));
         }
-        if i % 100 == 0 {
+        if i % 50 == 0 {
             let now = sample();
             eprintln!(
-                "  {i}/{cycles} cycles, {persisted} fragments persisted, {:.0} s, RSS {:.1} MiB, threads {}, fds {}",
+                "  {i}/{cycles} cycles, {persisted} fragments persisted, {:.0} s, RSS {:.1} MiB, heap in use {:.1} MiB, threads {}, fds {}",
                 started.elapsed().as_secs_f64(),
                 now.rss_kib as f64 / 1024.0,
+                now.heap_in_use as f64 / 1048576.0,
                 now.threads,
                 now.fds
             );
@@ -189,10 +199,19 @@ fn main() {
     if persisted == 0 && cycles > 0 && !baseline {
         failures.push("no fragment was persisted: no data flowed".into());
     }
+    // RSS after cycle 100 still grows with the encoders and GStreamer alone (`--baseline`: +5.6
+    // MiB over 900 cycles, steps of the allocator keeping freed memory), so RSS gets a wider
+    // bound; the heap in use (what a leak grows) the tight one.
     let growth = (settled.rss_kib as f64 - after_100.rss_kib as f64) / 1024.0;
-    if growth > max_growth {
+    if growth > 2.0 * max_growth {
         failures.push(format!(
             "pipeline cycles: RSS grew {growth:.1} MiB after cycle 100"
+        ));
+    }
+    let heap_growth = (settled.heap_in_use as f64 - after_100.heap_in_use as f64) / 1048576.0;
+    if heap_growth > max_growth / 4.0 {
+        failures.push(format!(
+            "pipeline cycles: heap in use grew {heap_growth:.1} MiB after cycle 100"
         ));
     }
     if settled.fds > after_first.fds {
@@ -256,10 +275,13 @@ fn main() {
         println!("FAIL: {f}");
     }
     println!(
-        "cycles: {cycles} pipeline cycles RSS {:.1}/{:.1}/{:.1} MiB (start/100/end) threads {}→{} fds {}→{}; {elements} elements RSS {:.1}/{:.1}/{:.1} MiB threads {}→{} fds {}→{}",
+        "cycles: {cycles} pipeline cycles RSS {:.1}/{:.1}/{:.1} MiB heap {:.1}/{:.1}/{:.1} MiB (start/100/end) threads {}→{} fds {}→{}; {elements} elements RSS {:.1}/{:.1}/{:.1} MiB threads {}→{} fds {}→{}",
         after_first.rss_kib as f64 / 1024.0,
         after_100.rss_kib as f64 / 1024.0,
         settled.rss_kib as f64 / 1024.0,
+        after_first.heap_in_use as f64 / 1048576.0,
+        after_100.heap_in_use as f64 / 1048576.0,
+        settled.heap_in_use as f64 / 1048576.0,
         after_first.threads,
         settled.threads,
         after_first.fds,

@@ -32,3 +32,9 @@ else
   echo "==> cargo test (cargo-nextest is not installed)"
   cargo test --all-features --locked -- --test-threads=1
 fi
+
+# A one-minute soak (random faults against the local endpoint, every frame accounted for; see
+# README "Hardening"): ~2 min with the dev build the tests already made. The 10/30-minute soak
+# and the 1000 start/stop cycles (scripts/cycles.sh) are run by hand.
+echo "==> soak, 1 minute"
+SOAK_NO_DEPS=1 bash scripts/soak.sh --profile dev --minutes 1 --fault-interval-s 8
