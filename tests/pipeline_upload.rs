@@ -10,7 +10,7 @@ mod mkv_check;
 #[path = "common/pipeline.rs"]
 mod pipeline;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gst::prelude::*;
 
@@ -400,7 +400,12 @@ fn many_sinks_and_cycles_do_not_leak() {
     }
     // 8 concurrent sinks in one pipeline (offline: each posts EOS when its upload is done).
     eight_sinks();
-    std::thread::sleep(Duration::from_millis(500));
+    // Idle pool threads (tokio's blocking pool keeps them 10 s, GStreamer's task pool) go away
+    // by themselves; a leaked thread does not.
+    let settled = Instant::now();
+    while threads() > threads0 + 2 && settled.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(250));
+    }
     let (rss1, threads1) = (rss_kb(), threads());
     eprintln!("RSS {rss0} kB -> {rss1} kB, threads {threads0} -> {threads1}");
     assert!(
