@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use examples::Example;
 use gstkvssink::local::{Config, FragmentState, LocalEndpoint};
-use pipeline::{Run, RunOptions, run, stored_frames};
+use pipeline::{Run, RunOptions, gst_launch, run, stored_frames};
 
 const H264_AAC: &[(&str, &str)] = &[
     ("video_0", "h264parse ! avdec_h264"),
@@ -116,17 +116,7 @@ fn make_file_with(
         audio = seconds * 44100 / 1024,
         path = path.display()
     );
-    let out = Command::new("timeout")
-        .args(["120", "gst-launch-1.0", "-q"])
-        .args(line.split_whitespace())
-        .env_remove("GST_DEBUG")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{line}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    gst_launch(&line);
     path
 }
 
