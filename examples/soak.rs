@@ -46,7 +46,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gst::prelude::*;
-use gstkvssink::local::{
+use kvs_local_endpoint::{
     Config, Credentials, FragmentInfo, FragmentState, HttpFault, LocalEndpoint, SessionEnd, Trigger,
 };
 

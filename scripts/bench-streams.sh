@@ -23,7 +23,7 @@ ensure_rust
 TARGET="${CARGO_TARGET_DIR:-target}"
 echo "==> building the plugin and the benchmark (profile release) and the local endpoint (profile demo)"
 cargo build --release --locked --lib --example bench_streams --quiet
-cargo build --profile demo --locked --features local-endpoint --example kvs_local_endpoint --quiet
+cargo build --profile demo --locked --bin kvs_local_endpoint --quiet
 
 WORK="$(mktemp -d /tmp/kvssink-bench.XXXXXX)"
 LOG="$WORK/endpoint.log"
@@ -46,7 +46,7 @@ for ((i = 0; i < ${#ARGS[@]}; i++)); do
 done
 
 # Stored fragments are not needed: they go to the temporary directory, removed at exit.
-"$TARGET/demo/examples/kvs_local_endpoint" --bind 127.0.0.1 --storage-dir "$WORK/storage" \
+"$TARGET/demo/kvs_local_endpoint" --bind 127.0.0.1 --storage-dir "$WORK/storage" \
   "${ENDPOINT_ARGS[@]}" >"$LOG" 2>&1 &
 ENDPOINT_PID=$!
 for _ in $(seq 100); do

@@ -29,11 +29,10 @@ unset GST_PLUGIN_PATH GST_DEBUG
 export GST_REGISTRY="${CARGO_TARGET_DIR:-$PWD/target}/gst-registry-soak.bin"
 
 echo "==> building (profile $PROFILE)" >&2
-cargo build --profile "$PROFILE" --locked --features local-endpoint \
-  --example cycles --example kvs_local_endpoint --quiet
+cargo build --profile "$PROFILE" --locked --example cycles --bin kvs_local_endpoint --quiet
 dir="$PROFILE"
 [ "$PROFILE" = dev ] && dir=debug
-bin="${CARGO_TARGET_DIR:-target}/$dir/examples"
+bin="${CARGO_TARGET_DIR:-target}/$dir"
 
 WORK="$(mktemp -d /tmp/kvssink-cycles.XXXXXX)"
 LOG="$WORK/endpoint.log"
@@ -51,4 +50,4 @@ if ! grep -q '^export CONTROL_PLANE_URI=' "$LOG"; then
   exit 1
 fi
 eval "$(grep '^export ' "$LOG")"
-"$bin/cycles" "${ARGS[@]}"
+"$bin/examples/cycles" "${ARGS[@]}"

@@ -15,11 +15,11 @@ ensure_rust
 
 echo "==> building the plugin and the local endpoint (profile demo: optimized, no LTO)"
 cargo build --profile demo --locked --lib --quiet
-cargo build --profile demo --locked --features local-endpoint --example kvs_local_endpoint --quiet
+cargo build --profile demo --locked --bin kvs_local_endpoint --quiet
 
 WORK="$(mktemp -d /tmp/kvssink-demo.XXXXXX)"
 LOG="$WORK/endpoint.log"
-target/demo/examples/kvs_local_endpoint --storage-dir "$WORK/storage" >"$LOG" 2>&1 &
+target/demo/kvs_local_endpoint --storage-dir "$WORK/storage" >"$LOG" 2>&1 &
 ENDPOINT_PID=$!
 trap 'kill $ENDPOINT_PID 2>/dev/null || true' EXIT
 for _ in $(seq 50); do

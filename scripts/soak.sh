@@ -35,7 +35,7 @@ unset GST_PLUGIN_PATH
 export GST_REGISTRY="${CARGO_TARGET_DIR:-$PWD/target}/gst-registry-soak.bin"
 
 echo "==> building the soak (profile $PROFILE)" >&2
-cargo build --profile "$PROFILE" --locked --features local-endpoint --example soak --quiet
+cargo build --profile "$PROFILE" --locked --example soak --quiet
 dir="$PROFILE"
 [ "$PROFILE" = dev ] && dir=debug
 exec "${CARGO_TARGET_DIR:-target}/$dir/examples/soak" "${ARGS[@]}"

@@ -234,24 +234,7 @@ pub fn classify_error(error_id: u64) -> ErrorClass {
 
 /// The service's `ErrorCode` name for an `ErrorId` (docs/kvs-protocol.md §6.3).
 pub fn error_code_name(error_id: u64) -> &'static str {
-    match error_id {
-        4000 => "STREAM_READ_ERROR",
-        4001 => "MAX_FRAGMENT_SIZE_REACHED",
-        4002 => "MAX_FRAGMENT_DURATION_REACHED",
-        4003 => "MAX_CONNECTION_DURATION_REACHED",
-        4004 => "FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS",
-        4005 => "MORE_THAN_ALLOWED_TRACKS_FOUND",
-        4006 => "INVALID_MKV_DATA",
-        4007 => "INVALID_PRODUCER_TIMESTAMP",
-        4008 => "STREAM_NOT_ACTIVE",
-        4009 => "FRAGMENT_METADATA_LIMIT_REACHED",
-        4010 => "TRACK_NUMBER_MISMATCH",
-        4011 => "FRAMES_MISSING_FOR_TRACK",
-        4500..=4506 => "KMS_KEY_ERROR",
-        5000 => "INTERNAL_ERROR",
-        5001 => "ARCHIVAL_ERROR",
-        _ => "UNKNOWN_ERROR",
-    }
+    kvs_facts::ack_error_name(error_id)
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Entry points for the cargo-fuzz targets in `fuzz/` into parsers that are not public
 //! (feature `fuzzing`; not a stable API). Public parsers (`ack`, `codec`, `fragment_metadata`,
-//! `upload::iot::parse_credentials`, `local::mkv`, `local::sigv4`) are fuzzed directly.
+//! `upload::iot::parse_credentials`, and the local endpoint's `mkv` and `sigv4`) are fuzzed directly.
 
 use std::time::SystemTime;
 

@@ -15,8 +15,6 @@ pub mod fragment_mux;
 pub mod fuzz_api;
 pub mod interleave;
 pub mod kvssink;
-#[cfg(feature = "local-endpoint")]
-pub mod local;
 pub mod logging;
 pub mod mkv;
 pub mod store;

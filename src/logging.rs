@@ -10,8 +10,7 @@
 //! Categories, one per component (`GST_DEBUG=kvssink*:5` shows them all):
 //! - `kvssink`: the element (pads, properties, state changes, events);
 //! - `kvssink-media`: caps → codec data, timestamps, interleaving, Matroska packing;
-//! - `kvssink-upload`: fragment store, control plane, PutMedia, ACKs, credentials;
-//! - `kvssink-endpoint`: the local KVS endpoint (test/demo server).
+//! - `kvssink-upload`: fragment store, control plane, PutMedia, ACKs, credentials.
 //!
 //! ## The `log-config` file
 //! The reference element reads a log4cplus file; ours is a small `key = value` file (see the
@@ -64,17 +63,9 @@ pub static CAT_UPLOAD: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     )
 });
 
-pub static CAT_ENDPOINT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
-    gst::DebugCategory::new(
-        "kvssink-endpoint",
-        gst::DebugColorFlags::empty(),
-        Some("KVS sink (Rust): local KVS endpoint"),
-    )
-});
-
 /// Creates every category, so `GST_DEBUG` and `log-config` can address them before first use.
 pub fn register_categories() {
-    for cat in [&CAT, &CAT_MEDIA, &CAT_UPLOAD, &CAT_ENDPOINT] {
+    for cat in [&CAT, &CAT_MEDIA, &CAT_UPLOAD] {
         LazyLock::force(cat);
     }
 }
@@ -90,7 +81,6 @@ pub fn category_for_target(target: &str) -> gst::DebugCategory {
     match component {
         "codec" | "timeline" | "interleave" | "mkv" | "fragment" | "media" => *CAT_MEDIA,
         "store" | "upload" | "ack" | "auth" | "credentials" => *CAT_UPLOAD,
-        "local" | "endpoint" => *CAT_ENDPOINT,
         _ => *CAT,
     }
 }
@@ -279,7 +269,7 @@ impl LogConfig {
                         let pattern = pattern.trim();
                         if !pattern.starts_with("kvssink") {
                             return Err(syntax(format!(
-                                "filter entry '{entry}': only kvssink categories (kvssink, kvssink-media, kvssink-upload, kvssink-endpoint or kvssink*) can be set here; use GST_DEBUG for others"
+                                "filter entry '{entry}': only kvssink categories (kvssink, kvssink-media, kvssink-upload or kvssink*) can be set here; use GST_DEBUG for others"
                             )));
                         }
                         let Some(level) = parse_level(level) else {
@@ -432,10 +422,6 @@ mod tests {
         assert_eq!(
             category_for_target("gstkvssink::upload").name(),
             "kvssink-upload"
-        );
-        assert_eq!(
-            category_for_target("gstkvssink::local::server").name(),
-            "kvssink-endpoint"
         );
         assert_eq!(
             category_for_target("gstkvssink::kvssink::imp").name(),

@@ -2,7 +2,6 @@
 //! the reference's precedence holds when several are configured, credentials that expire every
 //! 20 s are renewed without losing or repeating a fragment, IoT mistakes give distinct errors,
 //! and no secret shows up in any output.
-#![cfg(feature = "local-endpoint")]
 
 mod common;
 #[path = "common/pipeline.rs"]
@@ -11,7 +10,7 @@ mod pipeline;
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
-use gstkvssink::local::{Config, Credentials, FragmentState, IotEndpointConfig, LocalEndpoint};
+use kvs_local_endpoint::{Config, Credentials, FragmentState, IotEndpointConfig, LocalEndpoint};
 use pipeline::{Run, RunOptions, run, stored_frames};
 
 const STATIC_ENV: [&str; 3] = [

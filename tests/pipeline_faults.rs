@@ -3,7 +3,6 @@
 //! throttling, refused credentials, withheld ACKs). Outages within `buffer-duration` lose
 //! nothing and duplicate nothing; longer ones drop only whole oldest fragments, each reported;
 //! what cannot be recovered ends in one error plus `stream-error`.
-#![cfg(feature = "local-endpoint")]
 
 mod common;
 #[path = "common/pipeline.rs"]
@@ -14,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gst::prelude::*;
-use gstkvssink::local::{
+use kvs_local_endpoint::{
     AckDrop, AckEventType, Config, FragmentState, HttpFault, LocalEndpoint, Trigger,
 };
 use pipeline::{Run, RunOptions, run, stored_frames};

@@ -5,7 +5,6 @@
 //! into kvssink and the local endpoint. Each must end with EOS (no panic, no hang), a warning or
 //! error that names the problem, and, where the stream can recover, every frame stored except
 //! those a named rule dropped.
-#![cfg(feature = "local-endpoint")]
 
 mod common;
 #[path = "common/pipeline.rs"]
@@ -16,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gst::prelude::*;
-use gstkvssink::local::{Config, LocalEndpoint};
+use kvs_local_endpoint::{Config, LocalEndpoint};
 use pipeline::{Run, RunOptions, run, stored_frames};
 
 const KEY_INT: usize = 10;

@@ -3,7 +3,6 @@
 //! their default latency, live tracks that end or are released early, and flushes, seeks and
 //! state changes while a pad waits for another. Every frame that entered the sink must be stored
 //! (or be counted and reported), in one PutMedia session, and nothing may hang.
-#![cfg(feature = "local-endpoint")]
 
 mod common;
 #[path = "common/pipeline.rs"]
@@ -15,7 +14,7 @@ use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use gst::prelude::*;
-use gstkvssink::local::{Config, FragmentState, LocalEndpoint};
+use kvs_local_endpoint::{Config, FragmentState, LocalEndpoint};
 use pipeline::{
     Entries, Run, RunOptions, frame_latencies, gst_launch, record_entries, run, stored_frames,
 };

@@ -3,7 +3,6 @@
 //! audio over UDP and TCP, our users' rtspsrc lines unchanged, and the `rtsp_gateway` example
 //! surviving a camera that is killed and restarted mid-stream (a gap and a timestamp restart)
 //! while the other camera goes on untouched.
-#![cfg(feature = "local-endpoint")]
 
 mod common;
 #[path = "common/examples.rs"]
@@ -20,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use gst::prelude::*;
-use gstkvssink::local::{Config, FragmentState, LocalEndpoint};
+use kvs_local_endpoint::{Config, FragmentState, LocalEndpoint};
 use pipeline::{RunOptions, run, stored_frames};
 
 /// A running `rtsp_server.py`; killed (SIGKILL, as a camera losing power) when dropped.

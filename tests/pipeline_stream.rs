@@ -3,7 +3,6 @@
 //! middle of an open, partially sent fragment, when the open fragment gets an ERROR ACK, when
 //! the connection goes stale while a fragment is open, and on a slow uplink. Bounds here are
 //! generous (no flaky timing); the tight figures are in `docs/benchmarks.md`.
-#![cfg(feature = "local-endpoint")]
 
 mod common;
 #[path = "common/pipeline.rs"]
@@ -13,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use gst::prelude::*;
-use gstkvssink::local::{
+use kvs_local_endpoint::{
     AckEventType, Config, FragmentInfo, FragmentState, LocalEndpoint, Trigger,
 };
 use pipeline::{Entries, Run, RunOptions, frame_latencies, record_entries, run, stored_frames};

@@ -3,7 +3,6 @@
 //! exactly it (a pin); a CA certificate that is not pinned, a certificate of another authority,
 //! an expired pinned certificate and a pinned certificate for another host name are refused, each
 //! with an error that names the rule.
-#![cfg(feature = "local-endpoint")]
 
 mod common;
 #[path = "common/pipeline.rs"]
@@ -13,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use gstkvssink::local::{Config, FragmentState, LocalEndpoint};
+use kvs_local_endpoint::{Config, FragmentState, LocalEndpoint};
 use pipeline::{Run, RunOptions, run};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 

@@ -2,7 +2,6 @@
 //! element takes, checked end to end — every frame that entered the sink is stored by the
 //! endpoint, persisted, and both the stored stream and the `KVS_DEBUG_DUMP_DATA_FILE_DIR` dump
 //! pass the four independent Matroska checks.
-#![cfg(feature = "local-endpoint")]
 
 mod common;
 #[path = "common/mkv_check.rs"]
@@ -14,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use gst::prelude::*;
 
-use gstkvssink::local::{Config, LocalEndpoint};
+use kvs_local_endpoint::{Config, LocalEndpoint};
 use pipeline::{RunOptions, run, stored_frames};
 
 const VIDEO_H264: &str = "videotestsrc is-live=true num-buffers=60 ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15 bframes=0";
@@ -64,7 +63,7 @@ fn upload_and_check(name: &str, line: &str, decode: &[(&str, &str)]) {
     assert!(
         fragments
             .iter()
-            .all(|f| f.state == gstkvssink::local::FragmentState::Persisted),
+            .all(|f| f.state == kvs_local_endpoint::FragmentState::Persisted),
         "{name}: {fragments:?}"
     );
     assert_eq!(
@@ -318,7 +317,7 @@ fn offline_upload_keeps_timing_and_ends_right_after_the_last_persisted() {
     assert_eq!(fragments.len(), 10, "a fragment per second: {fragments:?}");
     for (i, f) in fragments.iter().enumerate() {
         assert_eq!(f.timecode, start_s * 1000 + i as u64 * 1000, "fragment {i}");
-        assert_eq!(f.state, gstkvssink::local::FragmentState::Persisted);
+        assert_eq!(f.state, kvs_local_endpoint::FragmentState::Persisted);
     }
     assert_eq!(stored_frames(&ep, name).get(&1).copied(), Some(300));
     assert_eq!(
@@ -470,7 +469,7 @@ fn resolution_change_starts_a_new_header_and_session() {
     assert!(
         ep.fragments(name)
             .iter()
-            .all(|f| f.state == gstkvssink::local::FragmentState::Persisted)
+            .all(|f| f.state == kvs_local_endpoint::FragmentState::Persisted)
     );
 }
 

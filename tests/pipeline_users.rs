@@ -3,7 +3,6 @@
 //! for what arrived — frames per track equal to the buffers that entered kvssink, every fragment
 //! persisted, the stored stream decodable by four independent tools — and, for file uploads,
 //! the file's own timing. The RTSP lines are in `pipeline_rtsp.rs`.
-#![cfg(feature = "local-endpoint")]
 
 mod common;
 #[path = "common/examples.rs"]
@@ -18,7 +17,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use examples::Example;
-use gstkvssink::local::{Config, FragmentState, LocalEndpoint};
+use kvs_local_endpoint::{Config, FragmentState, LocalEndpoint};
 use pipeline::{Run, RunOptions, gst_launch, run, stored_frames};
 
 const H264_AAC: &[(&str, &str)] = &[

@@ -3,7 +3,6 @@
 //! properties, the credential file and the IoT provider, including runs that fail for their
 //! credentials, plus the local endpoint's trace-level logs. The secret access keys, session
 //! tokens, the IoT private key and request signatures must appear nowhere.
-#![cfg(feature = "local-endpoint")]
 
 mod common;
 
@@ -11,7 +10,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gstkvssink::local::{Config, Credentials, IotEndpointConfig, LocalEndpoint};
+use kvs_local_endpoint::{Config, Credentials, IotEndpointConfig, LocalEndpoint};
 
 const SECRET: &str = "LeakCanarySecretKey0123456789abcdefABCDEF";
 const TOKEN: &str = "LeakCanarySessionTokenZZZ9876543210";

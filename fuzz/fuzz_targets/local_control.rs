@@ -1,4 +1,4 @@
-//! The local endpoint's control plane (`local::control`: JSON bodies of CreateStream,
+//! The local endpoint's control plane (`kvs_local_endpoint` control plane: JSON bodies of CreateStream,
 //! DescribeStream, ListStreams, DeleteStream, TagStream, UntagStream, ListTagsForStream,
 //! GetDataEndpoint) on one registry, one request after the other.
 //! Input: requests framed as `[len u16 LE][op byte][JSON body]`.
@@ -6,7 +6,7 @@
 #![no_main]
 
 use gst_plugin_kvssink_fuzz::frames;
-use gstkvssink::local::fuzz_api::ControlPlane;
+use kvs_local_endpoint::fuzz_api::ControlPlane;
 use libfuzzer_sys::fuzz_target;
 
 const PATHS: [&str; 9] = [

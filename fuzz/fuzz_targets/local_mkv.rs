@@ -1,4 +1,4 @@
-//! The local endpoint's incremental MKV reader (`local::mkv::Splitter`), fed a PutMedia body in
+//! The local endpoint's incremental MKV reader (`kvs_local_endpoint::mkv::Splitter`), fed a PutMedia body in
 //! arbitrary chunks.
 //! Input: a flags byte (chunking in bits 0-1; bit 2: 4 KiB fragment limit; bit 3: frames for
 //! every track not required; bit 4: 1 s fragment limit; bit 5: report blocks), then the body.
@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use gst_plugin_kvssink_fuzz::chunks;
-use gstkvssink::local::mkv::{Event, Limits, RuleKind, Splitter};
+use kvs_local_endpoint::mkv::{Event, Limits, RuleKind, Splitter};
 use libfuzzer_sys::fuzz_target;
 
 /// A comparable summary of an event.

@@ -1,4 +1,4 @@
-//! The local endpoint's request authentication (`local::sigv4`): the request target, headers
+//! The local endpoint's request authentication (`kvs_local_endpoint::sigv4`): the request target, headers
 //! and Authorization header of any request, as hyper hands them to the server.
 //! Input: a flags byte, then `<path?query>\n<name: value>\n…\n\n<body>`. Flags: bit 0 signs the
 //! request with the known key first (replacing Authorization/X-Amz-Date), bit 1 requires a
@@ -10,7 +10,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use gstkvssink::local::sigv4::{
+use kvs_local_endpoint::sigv4::{
     self, AuthError, EMPTY_SHA256, KeyInfo, RequestParts, VerifyParams,
 };
 use hmac::{Hmac, Mac};

@@ -46,9 +46,6 @@ pub const OPTIONAL_FIELDS: [&str; 3] =
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DEFAULT_COMPLETION_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The header naming the thing the certificate is attached to.
-pub const THING_NAME_HEADER: &str = "x-amzn-iot-thingname";
-
 /// Longest service error message quoted in an [`IotError`].
 const MAX_QUOTED: usize = 300;
 
@@ -339,7 +336,7 @@ pub async fn fetch(config: &IotConfig) -> Result<IotCredentials, IotError> {
         })?;
     let mut request = client.get(config.url());
     if !config.thing_name.is_empty() {
-        request = request.header(THING_NAME_HEADER, &config.thing_name);
+        request = request.header(kvs_facts::IOT_THING_NAME_HEADER, &config.thing_name);
     }
     tracing::debug!(endpoint = %config.endpoint, role_alias = %config.role_alias,
         thing_name = %config.thing_name, "requesting IoT credentials");

@@ -10,7 +10,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gstkvssink::local::LocalEndpoint;
+use kvs_local_endpoint::LocalEndpoint;
 
 /// The path of example `name`, built with the features of this test build.
 pub fn example_bin(name: &str) -> PathBuf {
@@ -21,16 +21,10 @@ pub fn example_bin(name: &str) -> PathBuf {
     BUILD.call_once(|| {
         let target_dir = profile_dir.parent().unwrap();
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.args([
-            "build",
-            "--examples",
-            "--features",
-            "local-endpoint",
-            "--locked",
-        ])
-        .arg("--target-dir")
-        .arg(target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
+        cmd.args(["build", "--examples", "--locked"])
+            .arg("--target-dir")
+            .arg(target_dir)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use gst::prelude::*;
-use gstkvssink::local::LocalEndpoint;
+use kvs_local_endpoint::LocalEndpoint;
 
 /// The environment is read at NULL→READY; tests that set it must not overlap there.
 static ENV_LOCK: Mutex<()> = Mutex::new(());
@@ -185,7 +185,7 @@ pub fn run(
 pub fn stored_frames(endpoint: &LocalEndpoint, stream: &str) -> BTreeMap<u64, u64> {
     let mut out = BTreeMap::new();
     for f in endpoint.fragments(stream) {
-        if f.state == gstkvssink::local::FragmentState::Persisted {
+        if f.state == kvs_local_endpoint::FragmentState::Persisted {
             for (track, n) in &f.frames_per_track {
                 *out.entry(*track).or_default() += n;
             }
@@ -236,7 +236,7 @@ pub fn frame_latencies(
     let mut frags: Vec<_> = ep
         .fragments(name)
         .into_iter()
-        .filter(|f| f.state == gstkvssink::local::FragmentState::Persisted)
+        .filter(|f| f.state == kvs_local_endpoint::FragmentState::Persisted)
         .collect();
     frags.sort_by_key(|f| f.index);
     let arrivals: Vec<_> = frags

@@ -2,17 +2,16 @@
 //! full speed and paced (real time / 4× real time), ACKed fragment by fragment while the body
 //! streams, stored byte-identically; a corrupted copy and the service's other rules answered with
 //! the service's ERROR ACKs.
-#![cfg(feature = "local-endpoint")]
 
-mod local_common;
+mod common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use gstkvssink::local::{
+use common::*;
+use kvs_local_endpoint::{
     Ack, AckEventType, Config, FragmentState, LocalEndpoint, SessionEnd, StreamStatus,
 };
-use local_common::*;
 
 const CPP: &str = "kvs-cpp-test-stream-1_0.mkv";
 const JAVA: &str = "kvs-java-clusters.mkv";
@@ -284,7 +283,7 @@ async fn rule_violations_get_the_services_error_acks() {
     let ep = setup(
         "s",
         Config {
-            limits: gstkvssink::local::Limits {
+            limits: kvs_local_endpoint::Limits {
                 max_fragment_bytes: 100_000,
                 ..Default::default()
             },

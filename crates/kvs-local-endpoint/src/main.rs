@@ -1,7 +1,7 @@
 //! Runs the local KVS-compatible endpoint by hand.
 //!
 //! ```text
-//! cargo run --release --features local-endpoint --example kvs_local_endpoint -- \
+//! cargo run --release --bin kvs_local_endpoint -- \
 //!     --port 8080 --stream my-stream --verbose
 //! ```
 //!
@@ -15,7 +15,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use gstkvssink::local::{
+use kvs_local_endpoint::{
     AckDrop, AckEventType, Config, Credentials, Disconnect, HttpFault, IotEndpointConfig,
     LocalEndpoint, Trigger,
 };
@@ -224,7 +224,7 @@ fn run() -> Result<(), String> {
     }
     if verbose {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("gstkvssink::local=debug"));
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("kvs_local_endpoint=debug"));
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
 

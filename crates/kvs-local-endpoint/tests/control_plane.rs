@@ -1,8 +1,7 @@
 //! The control plane through aws-sdk-kinesisvideo with an endpoint override: every operation,
 //! typed errors, stream status transitions, control-plane faults and credential failures.
-#![cfg(feature = "local-endpoint")]
 
-mod local_common;
+mod common;
 
 use std::time::Duration;
 
@@ -15,8 +14,8 @@ use aws_sdk_kinesisvideo::operation::tag_stream::TagStreamError;
 use aws_sdk_kinesisvideo::types::{
     ApiName, ComparisonOperator, Status as StreamStatus, StreamNameCondition,
 };
-use gstkvssink::local::{Config, Credentials, HttpFault};
-use local_common::*;
+use common::*;
+use kvs_local_endpoint::{Config, Credentials, HttpFault};
 
 fn status<E>(
     e: &aws_sdk_kinesisvideo::error::SdkError<E, aws_smithy_runtime_api::http::Response>,

@@ -83,31 +83,7 @@ impl Ack {
 
 /// The service's `ErrorCode` for an `ErrorId`.
 pub fn error_code_name(error_id: u32) -> &'static str {
-    match error_id {
-        4000 => "STREAM_READ_ERROR",
-        4001 => "MAX_FRAGMENT_SIZE_REACHED",
-        4002 => "MAX_FRAGMENT_DURATION_REACHED",
-        4003 => "MAX_CONNECTION_DURATION_REACHED",
-        4004 => "FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS",
-        4005 => "MORE_THAN_ONE_TRACK_FOUND",
-        4006 => "INVALID_MKV_DATA",
-        4007 => "INVALID_PRODUCER_TIMESTAMP",
-        4008 => "STREAM_NOT_ACTIVE",
-        4009 => "FRAGMENT_METADATA_LIMIT_REACHED",
-        4010 => "TRACK_NUMBER_MISMATCH",
-        4011 => "FRAMES_MISSING_FOR_TRACK",
-        4012 => "MORE_THAN_ALLOWED_TRACKS_FOUND",
-        4500 => "KMS_KEY_ACCESS_DENIED",
-        4501 => "KMS_KEY_DISABLED",
-        4502 => "KMS_KEY_VALIDATION_ERROR",
-        4503 => "KMS_KEY_UNAVAILABLE",
-        4504 => "KMS_KEY_INVALID_USAGE",
-        4505 => "KMS_KEY_INVALID_STATE",
-        4506 => "KMS_KEY_NOT_FOUND",
-        5000 => "INTERNAL_ERROR",
-        5001 => "ARCHIVAL_ERROR",
-        _ => "UNKNOWN_ERROR",
-    }
+    kvs_facts::ack_error_name(u64::from(error_id))
 }
 
 #[cfg(test)]

@@ -3,24 +3,24 @@
 //! independent whole-file Matroska splitter to check fragments against, and MKV builders for
 //! rule tests. Compiled as its own (empty) test target too, hence the `dead_code` allowance.
 #![allow(dead_code)]
-#![cfg(feature = "local-endpoint")]
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use gstkvssink::local::{Ack, Config, Credentials, LocalEndpoint};
+use kvs_local_endpoint::{Ack, Config, Credentials, LocalEndpoint};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-#[path = "common/no_instance_metadata.rs"]
+#[path = "../../../../tests/common/no_instance_metadata.rs"]
 mod no_instance_metadata;
 
 pub const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
+/// A file of the repository's `tests/data` (provenance in its README).
 pub fn media(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data")
+        .join("../../tests/data")
         .join(name)
 }
 
@@ -226,7 +226,7 @@ pub struct Upload {
 }
 
 impl Upload {
-    pub fn of_type(&self, t: gstkvssink::local::AckEventType) -> Vec<&Ack> {
+    pub fn of_type(&self, t: kvs_local_endpoint::AckEventType) -> Vec<&Ack> {
         self.acks
             .iter()
             .map(|(_, a)| a)

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aws_sdk_kinesisvideo::primitives::{DateTime, DateTimeFormat};
+use aws_smithy_types::date_time::{DateTime, Format as DateTimeFormat};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -562,7 +562,7 @@ fn handle(
     let path = req.uri().path().to_owned();
     let thing_name = req
         .headers()
-        .get(crate::upload::iot::THING_NAME_HEADER)
+        .get(kvs_facts::IOT_THING_NAME_HEADER)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let alias = path
         .strip_prefix("/role-aliases/")

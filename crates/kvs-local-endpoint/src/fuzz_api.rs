@@ -1,5 +1,5 @@
 //! Entry points for the cargo-fuzz targets in `fuzz/` into the local endpoint's private request
-//! handling (features `fuzzing` + `local-endpoint`; not a stable API).
+//! handling (feature `fuzzing`; not a stable API).
 
 use std::time::Duration;
 

@@ -1,21 +1,22 @@
 //! The AWS IoT credentials provider: `gstkvssink::upload::iot::fetch` against the local endpoint's
 //! IoT stand-in (mutual TLS), the credentials it mints signing requests the endpoint accepts, each
 //! misconfiguration giving its own error, and credentials expiring after their lifetime.
-#![cfg(feature = "local-endpoint")]
 
-mod local_common;
+// The endpoint tests' helpers (SDK client, plain PutMedia client, MKV builders).
+#[path = "../crates/kvs-local-endpoint/tests/common/mod.rs"]
+mod endpoint_common;
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use aws_sdk_kinesisvideo::error::ProvideErrorMetadata;
-use gstkvssink::local::iot::DEFAULT_ROLE_ALIAS;
-use gstkvssink::local::{
+use endpoint_common::*;
+use gstkvssink::upload::iot::{self, IotConfig, IotCredentials, IotError};
+use kvs_local_endpoint::iot::DEFAULT_ROLE_ALIAS;
+use kvs_local_endpoint::{
     AckEventType, Config, Credentials, HttpFault, IOT_OPERATION, IotEndpointConfig, IotInfo,
     LocalEndpoint,
 };
-use gstkvssink::upload::iot::{self, IotConfig, IotCredentials, IotError};
-use local_common::*;
 
 fn start_iot(iot: IotEndpointConfig) -> LocalEndpoint {
     let ep = start(Config {
@@ -169,6 +170,11 @@ async fn a_client_certificate_of_another_ca_is_refused_in_the_handshake() {
     assert!(msg.contains("iot:AssumeRoleWithCertificate"), "{msg}");
     assert!(!e.is_transient());
     assert!(ep.iot_requests().is_empty());
+    // The client sees the failed handshake before the server's task has recorded it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ep.iot_tls_rejections().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(ep.iot_tls_rejections().len(), 1);
 
     // A certificate minted by the endpoint's CA is accepted.

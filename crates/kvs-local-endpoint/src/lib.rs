@@ -1,5 +1,6 @@
 //! A local KVS-compatible endpoint: the stand-in for Amazon Kinesis Video Streams that the tests,
-//! the demo and users without an AWS account run against (cargo feature `local-endpoint`).
+//! the demo and users without an AWS account run against. Its own crate in the workspace, it
+//! shares no code with the plugin beyond the service's names in `kvs-facts`.
 //!
 //! Owns: the public API ([`LocalEndpoint`], [`Config`], [`Credentials`]) and the endpoint's life:
 //! binding, the tokio runtime it runs on, optional TLS with a generated certificate, shutdown.
@@ -21,7 +22,7 @@
 //! signature is checked when the request starts, as the service does (a request is
 //! authenticated once); the uploader rotates its sessions before its credentials expire anyway.
 //!
-//! Quiet by default: it logs with `tracing` (targets `gstkvssink::local::…`) and never installs a
+//! Quiet by default: it logs with `tracing` (targets `kvs_local_endpoint::…`) and never installs a
 //! subscriber.
 //!
 //! Choices where the service is not documented (see the module docs for the details): fragments
@@ -31,12 +32,12 @@
 //! reference (the quota page says 20 s: set [`Limits::max_fragment_duration`]); the service's
 //! PutMedia rate limits (5 fragments/s, 12.5 MB/s per stream) are not modelled.
 //!
-//! By hand: `cargo run --release --features local-endpoint --example kvs_local_endpoint --
+//! By hand: `cargo run --release --bin kvs_local_endpoint --
 //! --stream my-stream --verbose` prints the URL and the `export …` lines for a sink (`--help` for
 //! the options and command-line faults).
 //!
 //! ```no_run
-//! use gstkvssink::local::{Config, LocalEndpoint};
+//! use kvs_local_endpoint::{Config, LocalEndpoint};
 //! let ep = LocalEndpoint::start(Config::default()).unwrap();
 //! ep.create_stream("my-stream", 2).unwrap();
 //! println!("CONTROL_PLANE_URI={}", ep.url());

@@ -6,17 +6,16 @@
 //!
 //! Only the calls moto implements are compared (moto 5.2.5 has no TagStream/UntagStream/
 //! ListTagsForStream routes).
-#![cfg(feature = "local-endpoint")]
 
-mod local_common;
+mod common;
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gstkvssink::local::{Config, Credentials};
-use local_common::*;
+use common::*;
+use kvs_local_endpoint::{Config, Credentials};
 use serde_json::{Value, json};
 
 const MOTO: &str = "moto[server]==5.2.5";

@@ -1030,7 +1030,7 @@ mod tests {
 
     fn media(name: &str) -> Vec<u8> {
         let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/data")
+            .join("../../tests/data")
             .join(name);
         std::fs::read(p).expect("test data")
     }
@@ -1215,9 +1215,14 @@ mod tests {
             b.extend_from_slice(&[0x80, b'x']);
             b
         };
+        // Cluster (unknown size) + Timecode (8 bytes).
+        let cluster_start = |body: &mut Vec<u8>, timecode: u64| {
+            body.extend_from_slice(&[0x1F, 0x43, 0xB6, 0x75, 0xFF, 0xE7, 0x88]);
+            body.extend_from_slice(&timecode.to_be_bytes());
+        };
         for (timecode, rel) in [(i64::MAX as u64, 1), (1 << 63, -1), (u64::MAX, 0)] {
             let mut body = header.to_vec();
-            crate::mkv::cluster::put_cluster_start(&mut body, timecode);
+            cluster_start(&mut body, timecode);
             body.extend(block(rel));
             let (_, r) = split(&body, &mut || usize::MAX);
             let e = r.unwrap_err();
@@ -1226,7 +1231,7 @@ mod tests {
         }
         // The largest timecode that fits is still taken.
         let mut body = header.to_vec();
-        crate::mkv::cluster::put_cluster_start(&mut body, i64::MAX as u64 - 1);
+        cluster_start(&mut body, i64::MAX as u64 - 1);
         body.extend(block(1));
         let (events, r) = split(&body, &mut || usize::MAX);
         r.unwrap();

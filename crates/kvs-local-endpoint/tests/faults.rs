@@ -1,16 +1,15 @@
 //! Each PutMedia fault and what a plain chunked client sees because of it. (Control-plane faults
-//! and expired credentials are in `local_control_plane.rs`.)
-#![cfg(feature = "local-endpoint")]
+//! and expired credentials are in `control_plane.rs`.)
 
-mod local_common;
+mod common;
 
 use std::time::Duration;
 
-use gstkvssink::local::{
+use common::*;
+use kvs_local_endpoint::{
     AckDrop, AckEventType, Config, Disconnect, FragmentState, HttpFault, LocalEndpoint, SessionEnd,
     Trigger,
 };
-use local_common::*;
 
 const CPP: &str = "kvs-cpp-test-stream-1_0.mkv";
 

@@ -1,20 +1,18 @@
 //! SigV4: the reference element's captured requests (`cpp-putmedia-capture.txt`, secret key
 //! `secret`) verify, and any altered byte is rejected — by the verifier alone and by the running
 //! endpoint when the captured request is replayed byte for byte over TCP.
-#![cfg(feature = "local-endpoint")]
 
-mod local_common;
+mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use gstkvssink::local::sigv4::{self, AuthError, KeyInfo, RequestParts, VerifyParams};
-use gstkvssink::local::{Config, Credentials};
-use local_common::*;
+use common::*;
+use kvs_local_endpoint::sigv4::{self, AuthError, KeyInfo, RequestParts, VerifyParams};
+use kvs_local_endpoint::{Config, Credentials};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn capture() -> String {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/cpp-putmedia-capture.txt");
+    let p = media("cpp-putmedia-capture.txt");
     std::fs::read_to_string(p).expect("the capture")
 }
 
