@@ -232,14 +232,16 @@ impl std::fmt::Debug for StreamMuxer {
 impl StreamMuxer {
     pub fn new(cfg: MuxerConfig, clock: Box<dyn WallClock>) -> Self {
         let mut fragmenter_cfg = cfg.fragmenter;
-        if cfg.timeline.offline && !fragmenter_cfg.absolute_fragment_times {
+        let mut timeline_cfg = cfg.timeline;
+        timeline_cfg.min_dts_step_ns = fragmenter_cfg.timecode_scale_ns;
+        if timeline_cfg.offline && !fragmenter_cfg.absolute_fragment_times {
             tracing::info!(
                 target: LOG_TARGET,
                 "offline streaming: using absolute fragment times, as the reference");
             fragmenter_cfg.absolute_fragment_times = true;
         }
         Self {
-            timeline: Timeline::new(cfg.timeline, clock),
+            timeline: Timeline::new(timeline_cfg, clock),
             interleaver: Interleaver::new(cfg.wait, cfg.max_queued_bytes),
             fragmenter: Fragmenter::new(fragmenter_cfg),
             arena: Arena::new(),

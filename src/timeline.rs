@@ -22,9 +22,11 @@
 //! ## Repairs (never fatal; each is counted in [`TimelineStats`] and logged)
 //! - **Missing DTS** → DTS = PTS. **Missing PTS** → PTS = DTS. Both missing → previous + the
 //!   buffer's duration (or the track's last frame interval, or 2 ms as the reference).
-//! - **DTS going backwards** (within a track) → clamped to the previous DTS. **PTS < DTS** → PTS
-//!   raised to the DTS. So per track DTS never decreases and PTS ≥ DTS, which the interleaver and
-//!   the fragmenter rely on.
+//! - **DTS not increasing** (within a track: going backwards, repeated, or less than one timecode
+//!   unit after the previous) → the previous DTS plus one timecode unit ([`TimelineConfig::
+//!   min_dts_step_ns`]). **PTS < DTS** → PTS raised to the DTS. So per track the DTS strictly
+//!   increases on the Matroska time axis and PTS ≥ DTS, which the interleaver, the fragmenter and
+//!   every reader of the stored file (ffmpeg refuses equal timestamps) rely on.
 //! - **Timestamp jump** (RTSP reconnect that restarts timestamps, camera clock reset): a step of
 //!   the DTS that differs from the expected step by more than `jump_threshold` (default 10 s).
 //!   The expected step is the wall-clock time since the track's previous buffer in realtime mode,
@@ -77,6 +79,9 @@ pub struct TimelineConfig {
     pub frame_timecodes: bool,
     /// See the module docs.
     pub jump_threshold_ns: u64,
+    /// The smallest DTS step within a track: one Matroska timecode unit (`timecode-scale`),
+    /// so two frames of a track never share a timecode.
+    pub min_dts_step_ns: u64,
 }
 
 impl Default for TimelineConfig {
@@ -87,6 +92,7 @@ impl Default for TimelineConfig {
             use_original_pts: false,
             frame_timecodes: true,
             jump_threshold_ns: DEFAULT_JUMP_THRESHOLD_NS,
+            min_dts_step_ns: 1_000_000,
         }
     }
 }
@@ -117,6 +123,8 @@ pub struct TimelineStats {
     pub pts_missing: u64,
     pub both_missing: u64,
     pub dts_backwards: u64,
+    /// DTS equal to the previous one or less than a timecode unit after it.
+    pub dts_too_close: u64,
     pub pts_below_dts: u64,
     pub jumps: u64,
 }
@@ -294,16 +302,27 @@ impl Timeline {
             }
         };
 
-        // Per track: DTS never decreases, PTS never below DTS.
-        if let Some(last_dts) = st.last_dts
-            && dts < i128::from(last_dts)
-        {
-            self.stats.dts_backwards += 1;
-            tracing::debug!(
-                "track {track}: DTS went back by {:.3} ms; clamped to the previous DTS",
-                ms(i128::from(last_dts) - dts)
-            );
-            dts = i128::from(last_dts);
+        // Per track: DTS strictly increasing by at least a timecode unit, PTS never below DTS.
+        if let Some(last_dts) = st.last_dts {
+            let min_dts = i128::from(last_dts) + i128::from(self.cfg.min_dts_step_ns.max(1));
+            if dts < min_dts {
+                if dts < i128::from(last_dts) {
+                    self.stats.dts_backwards += 1;
+                    tracing::debug!(
+                        "track {track}: DTS went back by {:.3} ms; set to the previous DTS + {:.3} ms",
+                        ms(i128::from(last_dts) - dts),
+                        ms(i128::from(self.cfg.min_dts_step_ns))
+                    );
+                } else {
+                    self.stats.dts_too_close += 1;
+                    tracing::debug!(
+                        "track {track}: DTS {:.3} ms after the previous one; set to the previous DTS + {:.3} ms",
+                        ms(dts - i128::from(last_dts)),
+                        ms(i128::from(self.cfg.min_dts_step_ns))
+                    );
+                }
+                dts = min_dts;
+            }
         }
         if pts < dts {
             self.stats.pts_below_dts += 1;
@@ -502,10 +521,10 @@ pub(crate) mod tests {
         assert_eq!(tl.stamp(0, t(0, 0)).pts, EPOCH);
         clock.advance(33 * MS);
         assert_eq!(tl.stamp(0, t(999 * MS, 999 * MS)).pts, EPOCH + 33 * MS);
-        // Wall clock stepping back (NTP) does not make DTS decrease.
+        // Wall clock stepping back (NTP) does not make DTS decrease: one unit on.
         clock.0.store(EPOCH, Ordering::SeqCst);
         let s = tl.stamp(0, RawTimes::default());
-        assert_eq!(s.dts, EPOCH + 33 * MS);
+        assert_eq!(s.dts, EPOCH + 34 * MS);
     }
 
     #[test]
@@ -531,9 +550,9 @@ pub(crate) mod tests {
         // No timestamps at all: previous + last interval.
         let s = tl.stamp(0, RawTimes::default());
         assert_eq!((s.pts, s.dts), (220 * MS, 220 * MS));
-        // DTS backwards: clamped; PTS below DTS: raised.
+        // DTS backwards: previous + 1 ms; PTS below DTS: raised.
         let s = tl.stamp(0, t(210 * MS, 200 * MS));
-        assert_eq!((s.pts, s.dts), (220 * MS, 220 * MS));
+        assert_eq!((s.pts, s.dts), (221 * MS, 221 * MS));
         let st = tl.stats();
         assert_eq!(
             (
@@ -545,6 +564,34 @@ pub(crate) mod tests {
             ),
             (1, 1, 1, 1, 0)
         );
+    }
+
+    #[test]
+    fn two_frames_of_a_track_never_share_a_timecode() {
+        let clock = ManualClock::at(EPOCH);
+        let mut tl = Timeline::new(TimelineConfig::default(), Box::new(clock.clone()));
+        let s = tl.stamp(0, t(100 * MS, 100 * MS));
+        // Repeated, and less than a timecode unit later (same millisecond): one unit on.
+        let s2 = tl.stamp(0, t(100 * MS, 100 * MS));
+        assert_eq!(s2.dts, s.dts + MS);
+        let s3 = tl.stamp(0, t(101 * MS + 400_000, 101 * MS + 400_000));
+        assert_eq!(s3.dts, s2.dts + MS);
+        // Other tracks are not affected; a normal step is kept as it is.
+        let a = tl.stamp(1, t(100 * MS, 100 * MS));
+        assert_eq!(a.dts, s.dts);
+        let s4 = tl.stamp(0, t(140 * MS, 140 * MS));
+        assert_eq!(s4.dts - s.dts, 40 * MS);
+        assert_eq!(tl.stats().dts_too_close, 2);
+        assert_eq!(tl.stats().dts_backwards, 0);
+        // A coarser timecode scale is honoured.
+        let cfg = TimelineConfig {
+            min_dts_step_ns: 10 * MS,
+            ..Default::default()
+        };
+        let mut tl = Timeline::new(cfg, Box::new(clock));
+        let a = tl.stamp(0, t(100 * MS, 100 * MS));
+        let b = tl.stamp(0, t(105 * MS, 105 * MS));
+        assert_eq!(b.dts - a.dts, 10 * MS);
     }
 
     #[test]
