@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use divan::Bencher;
 use divan::counter::{BytesCount, ItemsCount};
-use gstkvssink::codec::{TrackConfig, TrackType, VideoCodec};
-use gstkvssink::fragment_mux::{FrameIn, MuxerConfig, StreamMuxer, TrackInput};
-use gstkvssink::timeline::{SystemClock, TimelineConfig};
+use gstkvssink::media::codec::{TrackConfig, TrackType, VideoCodec};
+use gstkvssink::media::muxer::{FrameIn, MuxerConfig, StreamMuxer, TrackInput};
+use gstkvssink::media::timeline::{SystemClock, TimelineConfig};
 
 struct Counting;
 
@@ -108,7 +108,7 @@ fn muxer(annexb: bool) -> (StreamMuxer, usize) {
 
 /// Completed fragments, kept up to `limit` bytes (0: dropped at once).
 struct Store {
-    fragments: std::collections::VecDeque<gstkvssink::fragment::Fragment>,
+    fragments: std::collections::VecDeque<gstkvssink::media::fragmenter::Fragment>,
     bytes: usize,
     limit: usize,
 }
@@ -122,7 +122,7 @@ impl Store {
         }
     }
 
-    fn put(&mut self, f: gstkvssink::fragment::Fragment) {
+    fn put(&mut self, f: gstkvssink::media::fragmenter::Fragment) {
         self.bytes += f.len;
         self.fragments.push_back(divan::black_box(f));
         while self.bytes > self.limit {

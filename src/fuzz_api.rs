@@ -1,5 +1,5 @@
 //! Entry points for the cargo-fuzz targets in `fuzz/` into parsers that are not public
-//! (feature `fuzzing`; not a stable API). Public parsers (`ack`, `codec`, `fragment_metadata`,
+//! (feature `fuzzing`; not a stable API). Public parsers (`upload::ack`, `media::codec`, `media::fragment_metadata`,
 //! `upload::iot::parse_credentials`, and the local endpoint's `mkv` and `sigv4`) are fuzzed directly.
 
 use std::time::SystemTime;

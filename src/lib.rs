@@ -3,22 +3,23 @@
 //!
 //! The plugin file is `libgstkvssink.so`; its element is `kvssink` (GType `GstRsKvsSink`, so it
 //! can be installed next to the C++ plugin).
+//!
+//! The tree follows the data:
+//! - [`media`]: the GStreamer-free media core — codec data, timestamps, interleaving, fragments,
+//!   Matroska bytes;
+//! - [`upload`]: the fragment store and the uploader — control plane, credentials, PutMedia,
+//!   ACKs, TLS;
+//! - [`kvssink`]: the element, which adapts GStreamer (pads, caps, events, properties, signals)
+//!   to the two;
+//! - `logging`: the GStreamer debug categories and the bridge from `tracing`.
 #![allow(clippy::non_send_fields_in_send_ty, unused_doc_comments)]
 
-pub mod ack;
-pub mod codec;
-pub mod fragment;
-pub mod fragment_metadata;
-pub mod fragment_mux;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzz_api;
-pub mod interleave;
 pub mod kvssink;
-pub mod logging;
-pub mod mkv;
-pub mod store;
-pub mod timeline;
+mod logging;
+pub mod media;
 pub mod upload;
 
 use gst::glib;

@@ -70,7 +70,7 @@ pub fn register_categories() {
     }
 }
 
-/// The category a `tracing` target (a module path such as `gstkvssink::mkv::cluster`) logs to.
+/// The category a `tracing` target (a module path such as `gstkvssink::media::mkv::cluster`) logs to.
 pub fn category_for_target(target: &str) -> gst::DebugCategory {
     let component = target
         .strip_prefix("gstkvssink::")
@@ -79,8 +79,8 @@ pub fn category_for_target(target: &str) -> gst::DebugCategory {
         .next()
         .unwrap_or("");
     match component {
-        "codec" | "timeline" | "interleave" | "mkv" | "fragment" | "media" => *CAT_MEDIA,
-        "store" | "upload" | "ack" | "auth" | "credentials" => *CAT_UPLOAD,
+        "media" => *CAT_MEDIA,
+        "upload" => *CAT_UPLOAD,
         _ => *CAT,
     }
 }
@@ -416,7 +416,7 @@ mod tests {
     fn target_to_category() {
         gst::init().unwrap();
         assert_eq!(
-            category_for_target("gstkvssink::mkv::cluster").name(),
+            category_for_target("gstkvssink::media::mkv::cluster").name(),
             "kvssink-media"
         );
         assert_eq!(
@@ -447,8 +447,8 @@ mod tests {
         let obj = gst::Bin::with_name("forwarder-test-bin");
         let d = dispatch_for(&obj);
         tracing::dispatcher::with_default(&d, || {
-            tracing::debug!(target: "gstkvssink::mkv", frames = 3, "packed a cluster");
-            tracing::trace!(target: "gstkvssink::mkv", "too detailed to show");
+            tracing::debug!(target: "gstkvssink::media::mkv", frames = 3, "packed a cluster");
+            tracing::trace!(target: "gstkvssink::media::mkv", "too detailed to show");
         });
         gst::log::remove_log_function(f);
         CAT_MEDIA.reset_threshold();

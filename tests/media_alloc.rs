@@ -6,9 +6,9 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use gstkvssink::codec::{G711Law, TrackConfig, TrackType, VideoCodec};
-use gstkvssink::fragment_mux::{FrameIn, MuxerConfig, StreamMuxer, TrackInput};
-use gstkvssink::timeline::{SystemClock, TimelineConfig};
+use gstkvssink::media::codec::{G711Law, TrackConfig, TrackType, VideoCodec};
+use gstkvssink::media::muxer::{FrameIn, MuxerConfig, StreamMuxer, TrackInput};
+use gstkvssink::media::timeline::{SystemClock, TimelineConfig};
 
 struct Counting;
 

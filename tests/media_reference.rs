@@ -6,10 +6,10 @@
 #[path = "media_util.rs"]
 mod util;
 
-use gstkvssink::codec::{TrackConfig, TrackType};
-use gstkvssink::fragment::FragmenterConfig;
-use gstkvssink::fragment_mux::{FrameIn, MuxerConfig, StreamMuxer, TrackInput};
-use gstkvssink::timeline::{SystemClock, TimelineConfig};
+use gstkvssink::media::codec::{TrackConfig, TrackType};
+use gstkvssink::media::fragmenter::FragmenterConfig;
+use gstkvssink::media::muxer::{FrameIn, MuxerConfig, StreamMuxer, TrackInput};
+use gstkvssink::media::timeline::{SystemClock, TimelineConfig};
 use util::*;
 
 const CPP: &str = "kvs-cpp-test-stream-1_0.mkv";

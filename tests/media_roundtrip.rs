@@ -5,10 +5,10 @@
 #[path = "media_util.rs"]
 mod util;
 
-use gstkvssink::codec::{G711Law, TrackConfig, TrackType};
-use gstkvssink::fragment::FragmenterConfig;
-use gstkvssink::fragment_mux::{FrameIn, MuxerConfig, StreamMuxer, TrackInput};
-use gstkvssink::timeline::{SystemClock, TimelineConfig};
+use gstkvssink::media::codec::{G711Law, TrackConfig, TrackType};
+use gstkvssink::media::fragmenter::FragmenterConfig;
+use gstkvssink::media::muxer::{FrameIn, MuxerConfig, StreamMuxer, TrackInput};
+use gstkvssink::media::timeline::{SystemClock, TimelineConfig};
 use proptest::prelude::*;
 use util::*;
 

@@ -12,9 +12,9 @@ mod util;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use gstkvssink::codec::{G711Law, TrackConfig, TrackType, VideoCodec};
-use gstkvssink::fragment_mux::{FrameIn, MuxerConfig, StreamMuxer, TrackInput};
-use gstkvssink::timeline::SystemClock;
+use gstkvssink::media::codec::{G711Law, TrackConfig, TrackType, VideoCodec};
+use gstkvssink::media::muxer::{FrameIn, MuxerConfig, StreamMuxer, TrackInput};
+use gstkvssink::media::timeline::SystemClock;
 use mkv_check::check_file;
 use util::*;
 
@@ -157,7 +157,7 @@ fn video_keys(encoded: &Encoded, codec: VideoCodec) -> Vec<bool> {
         .iter()
         .map(|b| {
             let nals: Vec<&[u8]> = if b.starts_with(&[0, 0, 0, 1]) || b.starts_with(&[0, 0, 1]) {
-                gstkvssink::codec::annexb::nal_units(b).collect()
+                gstkvssink::media::codec::annexb::nal_units(b).collect()
             } else {
                 let mut v = Vec::new();
                 let mut i = 0;

@@ -6,8 +6,8 @@
 use std::io::Cursor;
 use std::path::PathBuf;
 
-use gstkvssink::fragment::Fragment;
-use gstkvssink::fragment_mux::{StreamMuxer, write_fragment};
+use gstkvssink::media::fragmenter::Fragment;
+use gstkvssink::media::muxer::{StreamMuxer, write_fragment};
 use webm_iterable::WebmIterator;
 use webm_iterable::matroska_spec::{EbmlTag, Master, MatroskaSpec};
 

@@ -1,11 +1,11 @@
-//! The PutMedia ACK stream parser (`gstkvssink::ack`) fed in arbitrary chunks.
+//! The PutMedia ACK stream parser (`gstkvssink::upload::ack`) fed in arbitrary chunks.
 //! Input: one byte choosing the chunking, then the response body.
 //! Checks: no panic; the pending tail stays bounded; the ACKs found do not depend on how the
 //! body was chunked; ERROR ACKs always carry an ErrorId.
 #![no_main]
 
 use gst_plugin_kvssink_fuzz::chunks;
-use gstkvssink::ack::{Ack, AckError, AckEvent, AckParser, MAX_PENDING_BYTES, classify_error};
+use gstkvssink::upload::ack::{Ack, AckError, AckEvent, AckParser, MAX_PENDING_BYTES, classify_error};
 use libfuzzer_sys::fuzz_target;
 
 fn oks(v: &[Result<Ack, AckError>]) -> Vec<Ack> {

@@ -1,4 +1,4 @@
-//! Annex-B → length-prefixed conversion with SPS/PPS/VPS parsing (`gstkvssink::codec::annexb`,
+//! Annex-B → length-prefixed conversion with SPS/PPS/VPS parsing (`gstkvssink::media::codec::annexb`,
 //! `h264`, `h265`).
 //! Input: a flags byte (bit 0: H.265, bit 1: caps size 1280x720), then access units framed as
 //! `[len u16 LE][bytes]`.
@@ -9,8 +9,8 @@
 #![no_main]
 
 use gst_plugin_kvssink_fuzz::frames;
-use gstkvssink::codec::annexb::{max_converted_len, nal_units};
-use gstkvssink::codec::{AnnexBConverter, CodecError, TrackConfig, VideoCodec, h264, h265};
+use gstkvssink::media::codec::annexb::{max_converted_len, nal_units};
+use gstkvssink::media::codec::{AnnexBConverter, CodecError, TrackConfig, VideoCodec, h264, h265};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,4 +1,4 @@
-//! Caps-level configuration → CodecPrivate (`gstkvssink::codec`): avcC, hvcC, AAC
+//! Caps-level configuration → CodecPrivate (`gstkvssink::media::codec`): avcC, hvcC, AAC
 //! AudioSpecificConfig (given or synthesized from rate/channels) and the G.711 WAVEFORMATEX.
 //! Input: a selector byte, two u32 caps values (rate/width, channels/height), then codec_data.
 //! Checks: no panic; codec_data is kept verbatim; a synthesized AudioSpecificConfig reads back
@@ -6,7 +6,7 @@
 #![no_main]
 
 use gst_plugin_kvssink_fuzz::u32_at;
-use gstkvssink::codec::{G711Law, TrackConfig, aac};
+use gstkvssink::media::codec::{G711Law, TrackConfig, aac};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -78,12 +78,12 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn h264_reparse(cd: &[u8]) -> Option<()> {
-    let avcc = gstkvssink::codec::h264::Avcc::parse(cd).ok()?;
+    let avcc = gstkvssink::media::codec::h264::Avcc::parse(cd).ok()?;
     for s in &avcc.sps {
-        let _ = gstkvssink::codec::h264::Sps::parse(s);
+        let _ = gstkvssink::media::codec::h264::Sps::parse(s);
     }
     for p in &avcc.pps {
-        let _ = gstkvssink::codec::h264::pps_id(p);
+        let _ = gstkvssink::media::codec::h264::pps_id(p);
     }
     Some(())
 }

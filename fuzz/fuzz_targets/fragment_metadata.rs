@@ -1,4 +1,4 @@
-//! Fragment metadata (`gstkvssink::fragment_metadata`, the `kvs-add-metadata` event) and its
+//! Fragment metadata (`gstkvssink::media::fragment_metadata`, the `kvs-add-metadata` event) and its
 //! Matroska encoding (`mkv::cluster::put_tag_chain`).
 //! Input: a sequence of operations `[op][name bytes] 0x00 [value bytes] 0x00`; op % 4: add
 //! (bit 0: persistent) / take for the next fragment / take unsent (end of stream).
@@ -6,8 +6,8 @@
 //! is as long as announced and reads back as the name and value.
 #![no_main]
 
-use gstkvssink::fragment_metadata::{MAX_ITEMS, MAX_NAME_LEN, MAX_VALUE_LEN, MetadataQueue};
-use gstkvssink::mkv::cluster::{put_tag_chain, tag_chain_len};
+use gstkvssink::media::fragment_metadata::{MAX_ITEMS, MAX_NAME_LEN, MAX_VALUE_LEN, MetadataQueue};
+use gstkvssink::media::mkv::cluster::{put_tag_chain, tag_chain_len};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Clone)]

@@ -1,8 +1,8 @@
 //! Caps: the pad templates (the reference element's, plus Annex-B H.264, so encoders can be
 //! linked without a parser) and what a pad's caps mean for its track.
 
-use crate::codec::{G711Law, TrackConfig, VideoCodec};
-use crate::fragment_mux::TrackInput;
+use crate::media::codec::{G711Law, TrackConfig, VideoCodec};
+use crate::media::muxer::TrackInput;
 
 /// What a pad's caps say: the track input for the muxer and the content type for CreateStream.
 pub struct CapsInfo {
@@ -23,8 +23,8 @@ pub fn caps_info(caps: &gst::CapsRef, codec_id: &str) -> Result<CapsInfo, String
     let s = caps.structure(0).ok_or_else(|| "empty caps".to_owned())?;
     let (width, height) = (int(s, "width"), int(s, "height"));
     let format = s.get::<&str>("stream-format").ok();
-    let map_err = |e: crate::codec::CodecError| format!("{caps}: {e}");
-    let with_data = |f: &dyn Fn(&[u8]) -> Result<TrackConfig, crate::codec::CodecError>| {
+    let map_err = |e: crate::media::codec::CodecError| format!("{caps}: {e}");
+    let with_data = |f: &dyn Fn(&[u8]) -> Result<TrackConfig, crate::media::codec::CodecError>| {
         let data = codec_data(s).ok_or_else(|| format!("{caps}: no codec_data"))?;
         let map = data
             .map_readable()

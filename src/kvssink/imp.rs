@@ -14,7 +14,7 @@
 //!
 //! Liveness: each pad's upstream is asked for its latency at its first buffer. A live pipeline
 //! gets clock-bounded interleaving (latency + [`LIVE_MARGIN`]) driven by a [`Ticker`]; a non-live
-//! one gets back-pressure. See [`crate::interleave`].
+//! one gets back-pressure. See [`crate::media::interleave`].
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, OnceLock};
@@ -31,12 +31,12 @@ use super::fragment_ack::{AckType, FragmentAck, RESULT_OK};
 use super::settings::{self, Settings};
 use super::stream::{Prepared, Stream};
 use super::ticker::Ticker;
-use crate::ack::AckEvent;
-use crate::codec::TrackType;
-use crate::fragment_mux::FrameIn;
-use crate::interleave::Wait;
 use crate::logging::{CAT, LogConfig};
-use crate::store::Dropped;
+use crate::media::codec::TrackType;
+use crate::media::interleave::Wait;
+use crate::media::muxer::FrameIn;
+use crate::upload::ack::AckEvent;
+use crate::upload::store::Dropped;
 use crate::upload::{UploadEvent, Uploader};
 
 /// Stopping without EOS gives the upload at most this long to confirm what it has.

@@ -14,13 +14,13 @@ use std::time::Duration;
 
 use super::StreamingType;
 use super::settings::{Effective, Settings};
-use crate::fragment::{FragmenterConfig, Piece};
-use crate::fragment_mux::{MuxError, MuxStats, MuxerConfig, StreamMuxer};
-use crate::store::{FragmentStore, Limits, Mode, StorePiece, StoredFragment};
-use crate::timeline::{SystemClock, TimelineConfig};
+use crate::media::fragmenter::{FragmenterConfig, Piece};
+use crate::media::muxer::{MuxError, MuxStats, MuxerConfig, StreamMuxer};
+use crate::media::timeline::{SystemClock, TimelineConfig};
 use crate::upload::control::{ControlConfig, StreamSpec, endpoint_from_env};
 use crate::upload::credentials::{CredentialProperties, KvsCredentials, Source};
 use crate::upload::iot::{IotConfig, IotError};
+use crate::upload::store::{FragmentStore, Limits, Mode, StorePiece, StoredFragment};
 use crate::upload::transport::{CaBundle, CaError};
 use crate::upload::{EventSink, UploadConfig, Uploader};
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::timeline::{SystemClock, WallClock};
+use crate::media::timeline::{SystemClock, WallClock};
 use crate::upload::RUNTIME;
 
 /// The deadline of the stream's media core, kept up to date by the element; dropping it ends

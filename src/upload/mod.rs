@@ -15,6 +15,7 @@
 //! has no total timeout: a session lasts up to ~40 minutes), and stopping cancels everything.
 //! All elements share one small runtime, [`RUNTIME`].
 
+pub mod ack;
 pub mod backoff;
 pub mod control;
 pub mod credentials;
@@ -22,6 +23,7 @@ pub mod iot;
 pub mod putmedia;
 mod sdk_http;
 mod session;
+pub mod store;
 pub mod transport;
 
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
@@ -32,8 +34,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use tracing::instrument::WithSubscriber as _;
 
-use crate::ack::Ack;
-use crate::store::{Dropped, FragmentStore, StorePiece};
+use crate::upload::ack::Ack;
+use crate::upload::store::{Dropped, FragmentStore, StorePiece};
 use backoff::Backoff;
 use control::{ControlConfig, ControlError, ControlPlane, StreamSpec};
 use credentials::KvsCredentials;

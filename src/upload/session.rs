@@ -16,8 +16,8 @@ use tokio::sync::mpsc;
 
 use super::putmedia::{self, PutMediaParams};
 use super::{EventSink, Shared, UploadConfig, UploadEvent, control};
-use crate::ack::{Ack, AckEvent, AckParser, classify_error, error_code_name};
-use crate::store::FragmentState;
+use crate::upload::ack::{Ack, AckEvent, AckParser, classify_error, error_code_name};
+use crate::upload::store::FragmentState;
 
 /// How long a closing session waits for the ACKs of what it sent before giving up on them (they
 /// are then replayed by the next session).
@@ -69,7 +69,7 @@ impl Failure {
 
 enum ReaderMsg {
     Connected,
-    Ack(Result<Ack, crate::ack::AckError>),
+    Ack(Result<Ack, crate::upload::ack::AckError>),
     HttpError { status: u16, body: String },
     Closed,
     Failed(String),

@@ -10,7 +10,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::{
     UNKNOWN_SIZE_1, id, put_bytes_element, put_id, put_u8_element, put_u64_element, put_vint,
 };
-use crate::codec::{TrackConfig, TrackType};
+use crate::media::codec::{TrackConfig, TrackType};
 
 /// The EBML header of the reference (Matroska, DocTypeVersion 2): 40 bytes.
 pub const EBML_HEADER: [u8; 40] = [
@@ -141,7 +141,7 @@ fn track_entry(t: &HeaderTrack<'_>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::{AudioParams, VideoParams};
+    use crate::media::codec::{AudioParams, VideoParams};
 
     fn video_config() -> TrackConfig {
         TrackConfig {

@@ -2,10 +2,10 @@
 //! element's pads (caps-level track inputs, buffers with PTS/DTS and a key flag, metadata, EOS)
 //! into KVS fragments and the session header. No GStreamer types.
 //!
-//! Per buffer: the [`crate::timeline`] stamps it; its payload is copied once into the fragment
+//! Per buffer: the [`crate::media::timeline`] stamps it; its payload is copied once into the fragment
 //! arena (converting Annex-B to length-prefixed NAL units on the way when needed, see
-//! [`crate::codec::annexb`]); the [`crate::interleave`]r orders frames of all tracks; the
-//! [`crate::fragment`]er cuts them into fragments, emitted piece by piece as frames are packed;
+//! [`crate::media::codec::annexb`]); the interleaver ([`crate::media::interleave`])
+//! orders frames of all tracks; the fragmenter ([`crate::media::fragmenter`]) cuts them into fragments, emitted piece by piece as frames are packed;
 //! the caller takes the pieces with [`StreamMuxer::pop_piece`] (or whole fragments with
 //! [`StreamMuxer::pop_fragment`]).
 //!
@@ -27,19 +27,21 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes};
 
-use crate::codec::annexb::{AnnexBConverter, max_converted_len};
-use crate::codec::{CodecError, TrackConfig, TrackType, VideoCodec};
-use crate::fragment::{
+use crate::media::codec::annexb::{AnnexBConverter, max_converted_len};
+use crate::media::codec::{CodecError, TrackConfig, TrackType, VideoCodec};
+use crate::media::fragment_metadata::MetadataError;
+use crate::media::fragmenter::{
     Arena, Fragment, FragmentAssembler, Fragmenter, FragmenterConfig, FragmenterStats, Frame,
     Piece, TrackError,
 };
-use crate::fragment_metadata::MetadataError;
-use crate::interleave::{DEFAULT_MAX_QUEUED_BYTES, InterleaveStats, Interleaver, Slot, Wait};
-use crate::mkv::cluster::SIMPLE_BLOCK_HEADER_LEN;
-use crate::timeline::{RawTimes, Timeline, TimelineConfig, TimelineStats, WallClock};
+use crate::media::interleave::{
+    DEFAULT_MAX_QUEUED_BYTES, InterleaveStats, Interleaver, Slot, Wait,
+};
+use crate::media::mkv::cluster::SIMPLE_BLOCK_HEADER_LEN;
+use crate::media::timeline::{RawTimes, Timeline, TimelineConfig, TimelineStats, WallClock};
 
 /// Logs go to the media debug category (`kvssink-media`), like the other fragment modules.
-const LOG_TARGET: &str = "gstkvssink::fragment";
+const LOG_TARGET: &str = "gstkvssink::media";
 
 /// Live input: no buffer on any pad for this long (or four usual gaps between buffers, if
 /// longer) is a pause — a closed valve, a motion-triggered camera at rest — and the open fragment
@@ -53,7 +55,7 @@ pub const PAUSE_AFTER_NS: u64 = 700_000_000;
 pub struct MuxerConfig {
     pub timeline: TimelineConfig,
     pub fragmenter: FragmenterConfig,
-    /// How long a silent track is waited for ([`crate::interleave`]); the element sets it from
+    /// How long a silent track is waited for ([`crate::media::interleave`]); the element sets it from
     /// the pipeline's liveness and latency ([`StreamMuxer::set_wait`]).
     pub wait: Wait,
     /// Memory bound of the interleaver's queues.
@@ -131,7 +133,7 @@ pub struct MuxStats {
     pub dropped_invalid: u64,
     /// Annex-B frames before the first SPS/PPS(/VPS).
     pub dropped_no_config: u64,
-    /// Frames too late to be placed in order (see [`crate::interleave`]).
+    /// Frames too late to be placed in order (see [`crate::media::interleave`]).
     pub dropped_late: u64,
     /// Video frames after a dropped one, until the next key frame.
     pub dropped_until_key: u64,
@@ -559,7 +561,7 @@ impl StreamMuxer {
     }
 
     /// With non-live input: the track the producer of `track` should wait for before pushing
-    /// more, because `track` is ahead of it (see [`crate::interleave`]).
+    /// more, because `track` is ahead of it (see [`crate::media::interleave`]).
     pub fn waits_for(&self, track: usize) -> Option<usize> {
         if track < self.tracks.len() {
             self.interleaver.waits_for(track)
@@ -692,8 +694,8 @@ pub fn write_fragment(w: &mut impl Write, f: &Fragment, first: bool) -> io::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::G711Law;
-    use crate::timeline::tests::ManualClock;
+    use crate::media::codec::G711Law;
+    use crate::media::timeline::tests::ManualClock;
 
     const MS: u64 = 1_000_000;
     const EPOCH: u64 = 1_700_000_000_000 * MS;

@@ -34,7 +34,7 @@
 //! The Cluster Timecode is written when the fragment starts, before its other frames are known:
 //! it is the smaller of the first frame's PTS and DTS (and of the PTS of the audio kept for the
 //! first fragment). Every later frame of the fragment has a PTS at or above the first frame's DTS
-//! (per track DTS never decreases and PTS ≥ DTS, see [`crate::timeline`]; the interleaver puts
+//! (per track DTS never decreases and PTS ≥ DTS, see [`crate::media::timeline`]; the interleaver puts
 //! the other tracks' frames presented before a key frame in the fragment it closes), so frames
 //! that follow the key frame in decode order but are shown before it (B-frames of an open GOP)
 //! still get a non-negative relative timecode, with no distortion. Without B-frames this is the
@@ -72,15 +72,15 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::codec::{TrackConfig, TrackType};
-use crate::fragment_metadata::{MetadataError, MetadataQueue};
-use crate::mkv::cluster::{
+use crate::media::codec::{TrackConfig, TrackType};
+use crate::media::fragment_metadata::{MetadataError, MetadataQueue};
+use crate::media::mkv::cluster::{
     CLUSTER_START_LEN, SIMPLE_BLOCK_HEADER_LEN, put_cluster_start, put_tag_chain,
     simple_block_header, tag_chain_len,
 };
-use crate::mkv::header::{HeaderTrack, SegmentInfo, write_header};
-use crate::mkv::{END_OF_FRAGMENT_TAG, FLAG_KEY};
-use crate::timeline::Timecodes;
+use crate::media::mkv::header::{HeaderTrack, SegmentInfo, write_header};
+use crate::media::mkv::{END_OF_FRAGMENT_TAG, FLAG_KEY};
+use crate::media::timeline::Timecodes;
 
 /// Most tracks a KVS stream may have (`MAX_SUPPORTED_TRACK_COUNT_PER_STREAM`).
 pub const MAX_TRACKS: usize = 3;
@@ -1088,7 +1088,7 @@ impl Fragmenter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::{AudioParams, VideoParams};
+    use crate::media::codec::{AudioParams, VideoParams};
 
     const MS: u64 = 1_000_000;
     const T0: u64 = 1_700_000_000_000 * MS;

@@ -15,7 +15,7 @@
 use std::collections::VecDeque;
 
 /// Logs go to the media debug category (`kvssink-media`), like the other fragment modules.
-const LOG_TARGET: &str = "gstkvssink::fragment";
+const LOG_TARGET: &str = "gstkvssink::media";
 
 pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_VALUE_LEN: usize = 256;
@@ -139,7 +139,7 @@ impl MetadataQueue {
     pub fn encoded_len(&self) -> usize {
         self.items
             .iter()
-            .map(|i| crate::mkv::cluster::tag_chain_len(&i.name, &i.value))
+            .map(|i| crate::media::mkv::cluster::tag_chain_len(&i.name, &i.value))
             .sum()
     }
 
@@ -148,7 +148,7 @@ impl MetadataQueue {
         self.items
             .iter()
             .filter(|i| !i.persistent)
-            .map(|i| crate::mkv::cluster::tag_chain_len(&i.name, &i.value))
+            .map(|i| crate::media::mkv::cluster::tag_chain_len(&i.name, &i.value))
             .sum()
     }
 }

@@ -1,6 +1,6 @@
 //! The Matroska bytes KVS ingests, written by hand with the reference's exact layout
 //! (docs/kvs-protocol.md §2): what this module owns is *how* elements are encoded, not *when* they
-//! are written (that is [`crate::fragment`]).
+//! are written (that is [`crate::media::fragmenter`]).
 //!
 //! - [`header`]: the session header (EBML header, Segment of unknown size, Info, Tracks), written
 //!   once per stream, per codec change and per (re)connect. Cold path.
