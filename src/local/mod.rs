@@ -48,12 +48,16 @@
 //! ```
 
 pub mod ack;
+mod archive;
+mod chunk;
 mod control;
 pub mod faults;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzz_api;
 pub mod iot;
+mod live;
+mod media;
 pub mod mkv;
 mod model;
 mod putmedia;
@@ -291,6 +295,7 @@ impl LocalEndpoint {
             }),
             faults: faults.clone(),
             store,
+            live: Default::default(),
             data_endpoint: config.advertised_url.clone().unwrap_or_else(|| url.clone()),
             shutdown: shutdown_rx,
         });
