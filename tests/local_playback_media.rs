@@ -802,12 +802,37 @@ async fn a_wrong_secret_is_refused_like_the_control_plane() {
     assert_eq!(body["__type"], "InvalidSignatureException");
 }
 
+/// p50, p99 and max of `lat`, in ms.
+fn percentiles(mut lat: Vec<Duration>) -> String {
+    lat.sort();
+    let pct = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1000.0;
+    format!(
+        "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} frames)",
+        pct(0.5),
+        pct(0.99),
+        pct(1.0),
+        lat.len()
+    )
+}
+
 /// Frame enters kvssink → its block readable by a GetMedia (NOW) consumer through the SDK, over
-/// a 20 s live upload (30 fps H.264 + AAC); the first fragment (connection setup) is left out.
+/// a 20 s live upload (30 fps H.264, alone and with AAC); the first fragment (connection setup)
+/// is left out. Split into the sink's part (enters kvssink → block read by the endpoint, the
+/// endpoint's `record_frame_arrivals`) and the endpoint's (block read → parsed by the consumer).
 #[test]
 #[ignore = "a measurement: run with --run-ignored ignored-only --no-capture"]
 fn getmedia_latency_benchmark() {
-    let ep = LocalEndpoint::start(Config::default()).unwrap();
+    for audio in [false, true] {
+        latency_run(audio);
+    }
+}
+
+fn latency_run(audio: bool) {
+    let ep = LocalEndpoint::start(Config {
+        record_frame_arrivals: true,
+        ..Config::default()
+    })
+    .unwrap();
     let name = "playback-latency";
     ep.create_stream(name, 2).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -829,7 +854,7 @@ fn getmedia_latency_benchmark() {
     let entries: Entries = Default::default();
     let result = run(
         &ep,
-        &upload_line(name, 20, true),
+        &upload_line(name, 20, audio),
         Duration::from_secs(90),
         RunOptions {
             on_created: Some(Box::new(|p| record_entries(p, &entries))),
@@ -838,10 +863,21 @@ fn getmedia_latency_benchmark() {
     );
     assert!(result.eos && result.errors.is_empty(), "{result:?}");
     assert!(ep.wait_for_persisted(name, result.persisted(), Duration::from_secs(10)));
-    let last = persisted(&ep, name).last().unwrap().fragment_number.clone();
+    let frags = persisted(&ep, name);
+    let last = frags.last().unwrap().fragment_number.clone();
     let chunks = rt.block_on(wait_for_end(&reader, &last));
     task.abort();
 
+    let arrivals: BTreeMap<(u64, i64), SystemTime> = frags
+        .iter()
+        .flat_map(|f| f.frame_arrivals.iter())
+        .map(|a| {
+            (
+                (a.track, a.timecode),
+                SystemTime::UNIX_EPOCH + Duration::from_micros(a.at_unix_us),
+            )
+        })
+        .collect();
     let entries = entries.lock().unwrap();
     let first_video = chunks[0]
         .frames
@@ -850,27 +886,39 @@ fn getmedia_latency_benchmark() {
         .unwrap()
         .timecode;
     let offset = first_video - entries["video_0"][0].0 as i64;
+    let what = if audio { "H.264 + AAC" } else { "H.264 alone" };
     for (pad, track) in [("video_0", 1u64), ("audio_0", 2)] {
+        let Some(entered) = entries.get(pad) else {
+            continue;
+        };
         let by_pts: BTreeMap<i64, SystemTime> =
-            entries[pad].iter().map(|(p, t)| (*p as i64, *t)).collect();
-        let mut lat: Vec<Duration> = chunks[1..]
+            entered.iter().map(|(p, t)| (*p as i64, *t)).collect();
+        let (mut total, mut sink, mut endpoint) = (Vec::new(), Vec::new(), Vec::new());
+        for f in chunks[1..]
             .iter()
             .flat_map(|c| c.frames.iter().filter(|f| f.track == track))
-            .filter_map(|f| {
-                let pts = f.timecode - offset;
-                let entered = (pts - 1..=pts + 1).find_map(|p| by_pts.get(&p))?;
-                Some(f.at.duration_since(*entered).unwrap_or_default())
-            })
-            .collect();
-        lat.sort();
-        assert!(lat.len() > 100, "{pad}: {} frames matched", lat.len());
-        let pct = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize];
+        {
+            let pts = f.timecode - offset;
+            let Some(entered) = (pts - 1..=pts + 1).find_map(|p| by_pts.get(&p)) else {
+                continue;
+            };
+            let read = arrivals[&(f.track, f.timecode)];
+            total.push(f.at.duration_since(*entered).unwrap_or_default());
+            sink.push(read.duration_since(*entered).unwrap_or_default());
+            endpoint.push(f.at.duration_since(read).unwrap_or_default());
+        }
+        assert!(total.len() > 100, "{pad}: {} frames matched", total.len());
         println!(
-            "GetMedia latency {pad}: {} frames, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-            lat.len(),
-            pct(0.5).as_secs_f64() * 1000.0,
-            pct(0.99).as_secs_f64() * 1000.0,
-            lat.last().unwrap().as_secs_f64() * 1000.0
+            "{what}, {pad}: enters kvssink -> read by the GetMedia consumer: {}",
+            percentiles(total)
+        );
+        println!(
+            "{what}, {pad}:   of which enters kvssink -> read by the endpoint: {}",
+            percentiles(sink)
+        );
+        println!(
+            "{what}, {pad}:   of which endpoint -> GetMedia consumer: {}",
+            percentiles(endpoint)
         );
     }
 }
