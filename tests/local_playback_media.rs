@@ -11,6 +11,9 @@
 //! `cargo nextest run --all-features --test local_playback_media --run-ignored ignored-only
 //! --no-capture`.
 #![cfg(feature = "local-endpoint")]
+// `common` (pipelines) and `local_common` (the SDK and PutMedia helpers) both include
+// `common/no_instance_metadata.rs`: two copies of one test-process setting, harmless.
+#![allow(clippy::duplicate_mod)]
 
 mod common;
 mod local_common;
@@ -407,7 +410,10 @@ fn a_live_upload_is_read_back_frame_for_frame() {
         .unwrap();
     assert_eq!(out.content_type(), Some("video/webm"));
     let live_reader = Arc::new(Mutex::new(ChunkReader::default()));
-    let live = rt.block_on(async { tail(out.payload, live_reader.clone()) });
+    let live = {
+        let _rt = rt.enter();
+        tail(out.payload, live_reader.clone())
+    };
 
     let entries: Entries = Default::default();
     let result = run(
@@ -850,7 +856,10 @@ fn latency_run(audio: bool) {
         )
         .unwrap();
     let reader = Arc::new(Mutex::new(ChunkReader::default()));
-    let task = rt.block_on(async { tail(out.payload, reader.clone()) });
+    let task = {
+        let _rt = rt.enter();
+        tail(out.payload, reader.clone())
+    };
     let entries: Entries = Default::default();
     let result = run(
         &ep,
