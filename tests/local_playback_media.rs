@@ -27,7 +27,9 @@ use std::time::{Duration, Instant, SystemTime};
 use aws_sdk_kinesisvideoarchivedmedia as archived;
 use aws_sdk_kinesisvideomedia as media;
 use aws_smithy_types::DateTime;
-use gstkvssink::local::{Config, Credentials, FragmentInfo, FragmentState, LocalEndpoint};
+use gstkvssink::local::{
+    AckEventType, Config, Credentials, FragmentInfo, FragmentState, LocalEndpoint,
+};
 use local_common::{PutMediaRequest, mkv_stream, put_media, raw_call, schedule, sdk_client};
 use pipeline::{Entries, RunOptions, record_entries, run};
 
@@ -441,6 +443,21 @@ fn a_live_upload_is_read_back_frame_for_frame() {
         live.abort();
         check_chunks("GetMedia NOW (live)", &chunks, &frags, true);
         check_against_sink(&chunks, &entries);
+        // The live tail hands out the frames of a fragment while it is being received: each
+        // fragment's first frame reached the reader before the fragment was complete.
+        for (c, f) in chunks.iter().zip(&frags) {
+            let received = f
+                .acks
+                .iter()
+                .find(|a| a.ack.event_type == AckEventType::Received)
+                .unwrap()
+                .at;
+            assert!(
+                c.frames[0].at < received,
+                "fragment {}: first frame read after RECEIVED",
+                f.fragment_number
+            );
+        }
         let live_frames = frames(&chunks);
 
         // EARLIEST, after the upload.
@@ -535,6 +552,63 @@ fn a_live_upload_is_read_back_frame_for_frame() {
         }
         assert_eq!(frames(&chunks), live_frames);
     });
+}
+
+/// GetMedia NOW while a fragment is being received starts with that fragment, from its first
+/// block (what arrived before the call, then the rest as it arrives).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn now_joins_the_fragment_being_received() {
+    let ep = LocalEndpoint::start(Config::default()).unwrap();
+    let name = "playback-now";
+    ep.create_stream(name, 2).unwrap();
+    // 4 fragments of 25 frames, each sent over its 1 s.
+    let body = mkv_stream(1_000_000, 4, 25, 4000);
+    let req = PutMediaRequest::new(&ep, name);
+    let upload = tokio::spawn(async move {
+        put_media(
+            &req,
+            schedule(&body, local_common::Pacing::Timed { speed: 1.0 }),
+            Duration::from_secs(20),
+        )
+        .await
+    });
+    // Half-way through the second fragment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ep.fragments(name).len() < 2 {
+        assert!(Instant::now() < deadline, "no second fragment");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let open = ep.fragments(name)[1].clone();
+    assert_eq!(open.state, FragmentState::Buffering);
+    let out = media_client(ep.url(), &ep.credentials())
+        .get_media()
+        .stream_name(name)
+        .start_selector(selector(media::types::StartSelectorType::Now, |s| s))
+        .send()
+        .await
+        .unwrap();
+    let reader = Arc::new(Mutex::new(ChunkReader::default()));
+    let task = tail(out.payload, reader.clone());
+    assert_eq!(upload.await.unwrap().status, 200);
+    assert!(ep.wait_for_persisted(name, 4, Duration::from_secs(5)));
+    let frags = persisted(&ep, name);
+    let chunks = wait_for_end(&reader, &frags[3].fragment_number).await;
+    task.abort();
+    assert_eq!(chunks[0].number(), open.fragment_number);
+    check_chunks("NOW mid-fragment", &chunks, &frags[1..], true);
+    // Some frames were there before the call, the others came one by one as they arrived.
+    let first = &chunks[0].frames;
+    let span = first
+        .last()
+        .unwrap()
+        .at
+        .duration_since(first[0].at)
+        .unwrap();
+    assert!(
+        span > Duration::from_millis(300),
+        "the open fragment's frames came at once: {span:?}"
+    );
 }
 
 /// Seconds since the epoch as the SDK's timestamp.
