@@ -102,8 +102,10 @@ fn resolve(body: &Map<String, Value>, frags: &[FragmentInfo]) -> Result<Start, A
                 .iter()
                 .rposition(|f| f.state != FragmentState::Buffering)
                 .map_or(0, |i| i + 1);
+            // From the first fragment not yet complete: the replay stops there at once (it is
+            // being received) unless it completed meanwhile, and the live tail takes over.
             Ok(Start {
-                index: frags.len(),
+                index: done,
                 delivered: number_at(done),
             })
         }

@@ -3,8 +3,9 @@
 //! Owns: accepting TCP (optionally TLS) connections on the bound address, serving HTTP/1.1 on each
 //! with hyper (full duplex: a PutMedia response streams while its request body is still being
 //! read), tearing a connection down on a fault (FIN, or RST through `SO_LINGER` 0 on a duplicate
-//! of the socket), routing `POST /<operation>` to the control plane or PutMedia, SigV4 verification
-//! of every request, the request log, and the service's error shape: status code,
+//! of the socket), routing `POST /<operation>` to the control plane, PutMedia or the playback APIs
+//! (`media`: GetMedia; `archive`: ListFragments, GetMediaForFragmentList), SigV4 verification of
+//! every request, the request log, and the service's error shape: status code,
 //! `x-amzn-ErrorType`, `x-amzn-RequestId` and `{"__type", "Message"}`. `GET /_local/…` serves the
 //! inspection data as JSON for people (unsigned, not part of the KVS API).
 //!
