@@ -13,8 +13,6 @@
 //! persisted on the stream is refused as a whole with `ResourceNotFoundException` before any
 //! media is sent.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use http::Response;
 use serde_json::{Map, Value, json};
@@ -22,7 +20,7 @@ use tokio::sync::mpsc;
 
 use super::chunk::{self, Flavor};
 use super::control;
-use super::media::{media_response, producer_ms, stored_chunk};
+use super::media::{HeaderCache, media_response, producer_ms, stored_chunk};
 use super::model::{ApiError, FragmentInfo, FragmentState};
 use super::server::{ResponseBody, Service};
 
@@ -137,7 +135,7 @@ pub(crate) fn list_fragments(
 
 /// GetMediaForFragmentList.
 pub(crate) fn get_media_for_fragment_list(
-    service: &Arc<Service>,
+    service: &Service,
     body: &Map<String, Value>,
     request_id: &str,
 ) -> Result<Response<ResponseBody>, ApiError> {
@@ -178,10 +176,10 @@ pub(crate) fn get_media_for_fragment_list(
         }
     }
     let (tx, rx) = mpsc::channel::<Bytes>(64);
-    let service = service.clone();
     tokio::spawn(async move {
+        let mut headers = HeaderCache::new();
         for f in selected {
-            let Some((start, blocks)) = stored_chunk(&service, &f, Flavor::FragmentList).await
+            let Some((start, blocks)) = stored_chunk(&f, &mut headers, Flavor::FragmentList).await
             else {
                 tracing::warn!(fragment = %f.fragment_number, "stored fragment is gone");
                 return;

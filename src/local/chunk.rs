@@ -16,9 +16,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::live::FragmentStart;
+use super::live::{FragmentStart, SessionElements};
 
+const EBML: u32 = 0x1A45_DFA3;
 const SEGMENT: u32 = 0x1853_8067;
+const INFO: u32 = 0x1549_A966;
+const TRACKS: u32 = 0x1654_AE6B;
 const CLUSTER: u32 = 0x1F43_B675;
 const TIMECODE: u32 = 0xE7;
 const SIMPLE_BLOCK: u32 = 0xA3;
@@ -96,7 +99,7 @@ pub(crate) fn unix_ms(t: SystemTime) -> u64 {
 
 /// The chunk up to the Cluster's Timecode; its blocks follow as they are.
 pub(crate) fn start(fragment: &FragmentStart, flavor: Flavor) -> Bytes {
-    let h = &fragment.header;
+    let h: &SessionElements = &fragment.header;
     let mut out = BytesMut::with_capacity(h.ebml.len() + h.info.len() + h.tracks.len() + 256);
     out.put_slice(&h.ebml);
     put_unknown_size(&mut out, SEGMENT);
@@ -130,6 +133,67 @@ pub(crate) fn end(millis_behind_now: u64, continuation_token: &str) -> Bytes {
         (CONTINUATION_TOKEN, continuation_token),
     ])
     .freeze()
+}
+
+/// Largest stored header read back (the splitter takes Info and Tracks of up to 4 MiB each).
+const MAX_STORED_HEADER: usize = 16 << 20;
+
+/// The EBML header, Info and Tracks at the start of a stored `.mkv` (`super::store`): the
+/// session header of every fragment in that file (a file holds one Tracks only).
+pub(crate) fn read_stored_header(r: &mut impl std::io::Read) -> Result<SessionElements, String> {
+    /// Reads until `buf` holds `n` bytes.
+    fn fill(r: &mut impl std::io::Read, buf: &mut Vec<u8>, n: usize) -> Result<(), String> {
+        if buf.len() < n {
+            let have = buf.len();
+            buf.resize(n, 0);
+            r.read_exact(&mut buf[have..])
+                .map_err(|e| format!("reading the stored header: {e}"))?;
+        }
+        Ok(())
+    }
+    /// The element header at `pos` (at most 12 bytes; the file goes on after any of these).
+    fn next(
+        r: &mut impl std::io::Read,
+        buf: &mut Vec<u8>,
+        pos: usize,
+    ) -> Result<(u32, usize, Option<u64>), String> {
+        fill(r, buf, pos + 12)?;
+        header(&buf[pos..]).ok_or_else(|| "bad element header in the stored file".to_owned())
+    }
+    let mut buf = Vec::new();
+    let (id, hl, size) = next(r, &mut buf, 0)?;
+    if id != EBML {
+        return Err("the stored file does not start with an EBML header".into());
+    }
+    let mut pos = hl + size.ok_or("EBML header of unknown size")? as usize;
+    if pos > MAX_STORED_HEADER {
+        return Err("EBML header too large".into());
+    }
+    fill(r, &mut buf, pos)?;
+    let ebml = Bytes::copy_from_slice(&buf[..pos]);
+    let (id, hl, _) = next(r, &mut buf, pos)?;
+    if id != SEGMENT {
+        return Err("no Segment after the EBML header".into());
+    }
+    pos += hl;
+    let mut info = Bytes::new();
+    loop {
+        let (id, hl, size) = next(r, &mut buf, pos)?;
+        let end = pos + hl + size.ok_or("header element of unknown size")? as usize;
+        if end > MAX_STORED_HEADER {
+            return Err("stored header too large".into());
+        }
+        fill(r, &mut buf, end)?;
+        match id {
+            INFO => info = Bytes::copy_from_slice(&buf[pos..end]),
+            TRACKS => {
+                let tracks = Bytes::copy_from_slice(&buf[pos..end]);
+                return Ok(SessionElements { ebml, info, tracks });
+            }
+            _ => return Err(format!("element {id:#x} before Tracks in the stored file")),
+        }
+        pos = end;
+    }
 }
 
 /// An element header: ID, header length, size (`None`: unknown).
@@ -204,6 +268,33 @@ pub(crate) fn stored_blocks(fragment: &Bytes) -> Result<(u64, Vec<Bytes>), Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stored_header_is_read_back() {
+        let mut ebml = BytesMut::new();
+        put_element(
+            &mut ebml,
+            EBML,
+            &[
+                0x42, 0x82, 0x88, b'm', b'a', b't', b'r', b'o', b's', b'k', b'a',
+            ],
+        );
+        let mut info = BytesMut::new();
+        put_element(&mut info, INFO, &[0x2A, 0xD7, 0xB1, 0x83, 0x0F, 0x42, 0x40]);
+        let mut tracks = BytesMut::new();
+        put_element(&mut tracks, TRACKS, &[0xAE, 0x83, 0xD7, 0x81, 0x01]);
+        let mut file = ebml.clone();
+        put_unknown_size(&mut file, SEGMENT);
+        file.put_slice(&info);
+        file.put_slice(&tracks);
+        file.put_slice(&tags(&[("a", "b")]));
+        let h = read_stored_header(&mut &file[..]).unwrap();
+        assert_eq!(
+            (h.ebml, h.info, h.tracks),
+            (ebml.freeze(), info.freeze(), tracks.freeze())
+        );
+        assert!(read_stored_header(&mut &file[..20]).is_err());
+    }
 
     #[test]
     fn sizes_round_trip_through_the_reader() {

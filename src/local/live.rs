@@ -4,8 +4,8 @@
 //! its blocks arrived, it ended) and a copy of the fragment being received (its start and the
 //! blocks so far), so a reader that subscribes in the middle of a fragment gets all of it: the
 //! copy and the subscription are taken under the same lock the publisher holds, so no event falls
-//! between them. Also keeps each PutMedia session's header (EBML, Info, Tracks), which every
-//! GetMedia chunk of that session's fragments repeats.
+//! between them. Nothing stays behind a fragment: the copy goes when it ends, and the broadcast
+//! drops an event once every reader has it.
 //!
 //! Publishing never waits for readers: a reader that falls more than [`CAPACITY`] events behind
 //! loses its place (the broadcast reports the lag) and its response ends.
@@ -27,11 +27,30 @@ pub(crate) const CAPACITY: usize = 4096;
 #[derive(Debug)]
 pub(crate) struct FragmentStart {
     pub number: Arc<str>,
-    pub header: Arc<SessionHeader>,
+    /// The EBML header, Info and Tracks of the session that carries it.
+    pub header: SessionElements,
     /// Cluster Timecode (TimecodeScale units).
     pub timecode: u64,
     pub server_timestamp: SystemTime,
     pub producer_timestamp_ms: u64,
+}
+
+/// The elements of a session's header a chunk repeats, as received.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionElements {
+    pub ebml: Bytes,
+    pub info: Bytes,
+    pub tracks: Bytes,
+}
+
+impl From<&SessionHeader> for SessionElements {
+    fn from(h: &SessionHeader) -> Self {
+        SessionElements {
+            ebml: h.ebml.clone(),
+            info: h.info.clone(),
+            tracks: h.tracks.clone(),
+        }
+    }
 }
 
 /// What a PutMedia session publishes, in the order it reads the body.
@@ -64,11 +83,10 @@ struct Hub {
     latest_server_timestamp: Option<SystemTime>,
 }
 
-/// All streams' hubs and the session headers.
+/// All streams' hubs.
 #[derive(Debug, Default)]
 pub(crate) struct Live {
     hubs: Mutex<HashMap<String, Hub>>,
-    headers: Mutex<HashMap<u64, Arc<SessionHeader>>>,
 }
 
 impl Live {
@@ -132,20 +150,5 @@ impl Live {
         self.hubs()
             .get(stream)
             .and_then(|h| h.latest_server_timestamp)
-    }
-
-    pub fn set_session_header(&self, session: u64, header: Arc<SessionHeader>) {
-        self.headers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(session, header);
-    }
-
-    pub fn session_header(&self, session: u64) -> Option<Arc<SessionHeader>> {
-        self.headers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&session)
-            .cloned()
     }
 }

@@ -20,6 +20,8 @@
 //! stream is deleted or the endpoint stops, or the reader falls [`super::live::CAPACITY`] events
 //! behind.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -31,7 +33,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::chunk::{self, Flavor};
 use super::control;
-use super::live::{FragmentStart, LiveEvent, OpenFragment};
+use super::live::{FragmentStart, LiveEvent, OpenFragment, SessionElements};
 use super::model::{ApiError, FragmentInfo, FragmentState, StreamRef, StreamStatus};
 use super::server::{ChannelBody, ResponseBody, Service};
 use super::store::Store;
@@ -187,6 +189,7 @@ pub(crate) fn get_media(
         persisting: info.data_retention_in_hours > 0,
         tx,
         delivered: start.delivered,
+        headers: HeaderCache::new(),
     };
     tokio::spawn(reader.run(start.index, open, live));
     Ok(media_response(rx, request_id))
@@ -206,18 +209,37 @@ pub(crate) fn media_response(
     resp
 }
 
-/// The chunk of a stored fragment (`None`: its bytes or session header are gone).
+/// Session headers of stored files already read, by file.
+pub(crate) type HeaderCache = HashMap<PathBuf, SessionElements>;
+
+/// The chunk start and blocks of a stored fragment (`None`: its bytes are gone or unreadable).
 pub(crate) async fn stored_chunk(
-    service: &Service,
     f: &FragmentInfo,
+    headers: &mut HeaderCache,
     flavor: Flavor,
 ) -> Option<(Bytes, Vec<Bytes>)> {
     let loc = f.stored.clone()?;
-    let header = service.live.session_header(f.session_id)?;
-    let bytes = tokio::task::spawn_blocking(move || Store::read(&loc))
-        .await
-        .ok()?
-        .ok()?;
+    let known = headers.get(&loc.path).cloned();
+    let read = tokio::task::spawn_blocking(move || -> Result<_, String> {
+        let header = match known {
+            Some(h) => h,
+            None => {
+                let mut file = std::fs::File::open(&loc.path).map_err(|e| e.to_string())?;
+                chunk::read_stored_header(&mut file)?
+            }
+        };
+        let bytes = Store::read(&loc).map_err(|e| e.to_string())?;
+        Ok((loc.path, header, bytes))
+    })
+    .await;
+    let (path, header, bytes) = match read {
+        Ok(Ok(x)) => x,
+        other => {
+            tracing::warn!(fragment = %f.fragment_number, error = ?other.map(|r| r.err()), "stored fragment unreadable");
+            return None;
+        }
+    };
+    headers.insert(path, header.clone());
     let (timecode, blocks) = match chunk::stored_blocks(&Bytes::from(bytes)) {
         Ok(x) => x,
         Err(e) => {
@@ -242,6 +264,7 @@ struct Reader {
     tx: mpsc::Sender<Bytes>,
     /// The newest fragment number written completely (or given up).
     delivered: Option<Arc<str>>,
+    headers: HeaderCache,
 }
 
 /// The reader stops: the client went away, the endpoint stops, the stream is gone, or it fell
@@ -297,7 +320,7 @@ impl Reader {
                     if after(&f.fragment_number, self.delivered.as_deref()) =>
                 {
                     if let Some((start, blocks)) =
-                        stored_chunk(&self.service, &f, Flavor::GetMedia).await
+                        stored_chunk(&f, &mut self.headers, Flavor::GetMedia).await
                     {
                         self.send(start).await?;
                         for b in blocks {

@@ -386,7 +386,6 @@ impl Session {
                         timecode_scale = h.timecode_scale_ns,
                         "session header"
                     );
-                    self.service.live.set_session_header(self.id, h.clone());
                     self.header = Some(h);
                 }
                 Event::FragmentStarted { timecode } => self.fragment_started(timecode).await,
@@ -484,7 +483,11 @@ impl Session {
         );
         let live = Arc::new(FragmentStart {
             number: Arc::from(number.as_str()),
-            header: self.header.clone().expect("a fragment follows the header"),
+            header: self
+                .header
+                .as_deref()
+                .expect("a fragment follows the header")
+                .into(),
             timecode,
             server_timestamp,
             producer_timestamp_ms: self.producer_timestamp_ms(timecode).unwrap_or(timecode),
