@@ -1,7 +1,8 @@
 //! The Matroska "chunks" the playback APIs return: one per fragment.
 //!
 //! Owns: writing a chunk — the EBML header, an unknown-size Segment, the Info and Tracks of the
-//! session that carried the fragment, a Tags element with the fragment's number and timestamps,
+//! session that carried the fragment (for a stored fragment, those its stored file begins with:
+//! the store keeps one Tracks per file), a Tags element with the fragment's number and timestamps,
 //! an unknown-size Cluster with the fragment's Timecode and its blocks exactly as received, and
 //! for GetMedia a closing Tags element with `AWS_KINESISVIDEO_MILLIS_BEHIND_NOW` and
 //! `AWS_KINESISVIDEO_CONTINUATION_TOKEN` — and reading the Timecode and block elements back out of
