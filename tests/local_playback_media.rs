@@ -719,6 +719,49 @@ async fn start_selectors_and_errors() {
         "CONTINUATION_TOKEN resumes after its chunk"
     );
 
+    // ListFragments by producer timestamp: fragments starting in [1_001_000, 1_003_000] ms.
+    let archive = archived_client(ep.url(), &ep.credentials());
+    let range = archived::types::FragmentSelector::builder()
+        .fragment_selector_type(archived::types::FragmentSelectorType::ProducerTimestamp)
+        .timestamp_range(
+            archived::types::TimestampRange::builder()
+                .start_timestamp(at_ms(1_001_000))
+                .end_timestamp(at_ms(1_003_000))
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let page = archive
+        .list_fragments()
+        .stream_name(name)
+        .fragment_selector(range.clone())
+        .max_results(2)
+        .send()
+        .await
+        .unwrap();
+    let token = page.next_token.clone().expect("a second page");
+    let rest = archive
+        .list_fragments()
+        .stream_name(name)
+        .fragment_selector(range)
+        .next_token(token)
+        .send()
+        .await
+        .unwrap();
+    assert!(rest.next_token.is_none());
+    let listed: Vec<String> = page
+        .fragments()
+        .iter()
+        .chain(rest.fragments())
+        .map(|f| f.fragment_number().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        listed,
+        expected(1)[..3].to_vec(),
+        "ListFragments PRODUCER_TIMESTAMP"
+    );
+
     // Errors, as the service's.
     let err = |r: Result<_, media::error::SdkError<media::operation::get_media::GetMediaError>>| {
         let e = r.expect_err("refused").into_service_error();
