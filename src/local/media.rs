@@ -257,6 +257,7 @@ pub(crate) async fn stored_chunk(
     Some((chunk::start(&start, flavor), blocks))
 }
 
+/// One GetMedia response: the task that writes its body (replay, then the live tail).
 struct Reader {
     service: Arc<Service>,
     stream: String,
