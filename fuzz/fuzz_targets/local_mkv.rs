@@ -22,7 +22,7 @@ fn summary(e: &Event) -> String {
             h.track_list
         ),
         Event::FragmentStarted { timecode } => format!("started {timecode}"),
-        Event::Block { track, timecode } => format!("block {track} {timecode}"),
+        Event::Block { track, timecode, .. } => format!("block {track} {timecode}"),
         Event::FragmentCompleted(f) => format!(
             "fragment {} {:?} {:?} keys {} frames {}..{} tags {:?} eof {}",
             f.timecode,

@@ -66,6 +66,11 @@ const API_NAMES: &[&str] = &[
     "GET_IMAGES",
 ];
 
+/// API names the service knows but this endpoint does not serve: GetDataEndpoint refuses them
+/// (InvalidArgumentException) rather than hand out a URL that would only answer
+/// UnknownOperationException.
+const NOT_SERVED: &[&str] = &["GET_DASH_STREAMING_SESSION_URL", "GET_IMAGES"];
+
 /// The request body, parsed. Also used to name the stream in the request log.
 pub fn parse_body(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     let body = if body.iter().all(u8::is_ascii_whitespace) {
@@ -234,6 +239,11 @@ pub fn handle(
                 )));
             }
             registry.describe(&stream_ref(body)?)?;
+            if NOT_SERVED.contains(&api.as_str()) {
+                return Err(ApiError::invalid_argument(format!(
+                    "This local KVS endpoint does not serve {api} (no MPEG-DASH, no images); it serves PUT_MEDIA, GET_MEDIA, LIST_FRAGMENTS, GET_MEDIA_FOR_FRAGMENT_LIST, GET_HLS_STREAMING_SESSION_URL and GET_CLIP."
+                )));
+            }
             Ok(json!({ "DataEndpoint": data_endpoint }))
         }
     }
@@ -275,7 +285,7 @@ fn serialization(field: &str) -> ApiError {
     )
 }
 
-fn opt_string(body: &Map<String, Value>, key: &str) -> Result<Option<String>, ApiError> {
+pub(crate) fn opt_string(body: &Map<String, Value>, key: &str) -> Result<Option<String>, ApiError> {
     match body.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -311,7 +321,7 @@ fn opt_map(
     }
 }
 
-fn stream_ref(body: &Map<String, Value>) -> Result<StreamRef, ApiError> {
+pub(crate) fn stream_ref(body: &Map<String, Value>) -> Result<StreamRef, ApiError> {
     match (
         opt_string(body, "StreamName")?,
         opt_string(body, "StreamARN")?,

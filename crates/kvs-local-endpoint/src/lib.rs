@@ -7,9 +7,13 @@
 //! The parts:
 //! - [`sigv4`]: SigV4 verification of every request;
 //! - `control`: the restJson1 control plane (Create/Describe/List/Delete/Tag/Untag/
-//!   ListTagsForStream, GetDataEndpoint returning this server's URL);
+//!   ListTagsForStream, GetDataEndpoint returning this server's URL for every API it serves);
 //! - `putmedia` + [`mkv`]: `POST /putMedia`, full duplex, MKV split into fragments incrementally,
 //!   BUFFERING/RECEIVED/PERSISTED/IDLE/ERROR ACKs and the service's rules;
+//! - `media`: GetMedia (`POST /getMedia`, every start selector): stored fragments, then the live
+//!   tail, each fragment a Matroska chunk with the service's tags (`chunk`), the fragment being
+//!   received included, block by block as it arrives (`live`: what PutMedia publishes);
+//! - `archive`: ListFragments (persisted fragments, paged) and GetMediaForFragmentList;
 //! - [`faults`]: fault injection; `model`: streams and what arrived; `store`: fragments on disk as
 //!   playable `.mkv`;
 //! - [`iot`]: the AWS IoT credentials provider (mutual TLS on a port of its own, [`Config::iot`]),
@@ -49,12 +53,16 @@
 //! ```
 
 pub mod ack;
+mod archive;
+mod chunk;
 mod control;
 pub mod faults;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzz_api;
 pub mod iot;
+mod live;
+mod media;
 pub mod mkv;
 mod model;
 mod putmedia;
@@ -292,6 +300,7 @@ impl LocalEndpoint {
             }),
             faults: faults.clone(),
             store,
+            live: Default::default(),
             data_endpoint: config.advertised_url.clone().unwrap_or_else(|| url.clone()),
             shutdown: shutdown_rx,
         });

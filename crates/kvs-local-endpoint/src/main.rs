@@ -21,7 +21,8 @@ use kvs_local_endpoint::{
 };
 
 const HELP: &str = "\
-kvs_local_endpoint: a local Kinesis Video Streams endpoint (control plane + PutMedia)
+kvs_local_endpoint: a local Kinesis Video Streams endpoint (control plane, PutMedia,
+GetMedia, ListFragments, GetMediaForFragmentList)
 
 Options:
   --bind ADDR                 address to listen on (default 127.0.0.1)

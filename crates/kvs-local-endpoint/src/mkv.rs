@@ -195,11 +195,13 @@ pub enum Event {
     FragmentStarted {
         timecode: u64,
     },
-    /// A whole SimpleBlock/Block arrived (only with [`Splitter::report_blocks`]).
+    /// A whole SimpleBlock/BlockGroup arrived (only with [`Splitter::report_blocks`]).
     Block {
         track: u64,
         /// Absolute timecode (TimecodeScale units).
         timecode: i64,
+        /// The whole SimpleBlock or BlockGroup element, as received.
+        element: Bytes,
     },
     FragmentCompleted(ParsedFragment),
 }
@@ -717,7 +719,7 @@ impl Splitter {
                     ));
                 }
             }
-            ids::SIMPLE_BLOCK => self.block(body, None, events)?,
+            ids::SIMPLE_BLOCK => self.block(body, None, &el, events)?,
             ids::BLOCK_GROUP => {
                 let kids = children(body).map_err(|e| self.invalid(e))?;
                 let block = kids
@@ -726,7 +728,7 @@ impl Splitter {
                     .map(|(_, d)| *d)
                     .ok_or_else(|| self.invalid("BlockGroup without Block"))?;
                 let key = !kids.iter().any(|(id, _)| *id == ids::REFERENCE_BLOCK);
-                self.block(block, Some(key), events)?;
+                self.block(block, Some(key), &el, events)?;
             }
             _ => {}
         }
@@ -752,6 +754,7 @@ impl Splitter {
         &mut self,
         data: &[u8],
         key_from_group: Option<bool>,
+        element: &Bytes,
         events: &mut Vec<Event>,
     ) -> Result<(), RuleError> {
         let Some(cluster_tc) = self.open.as_ref().and_then(|f| f.timecode) else {
@@ -812,6 +815,7 @@ impl Splitter {
             events.push(Event::Block {
                 track,
                 timecode: ts,
+                element: element.clone(),
             });
         }
         let start = first.min(cluster_tc);

@@ -523,6 +523,14 @@ impl Registry {
         }
     }
 
+    /// The fragment of `stream` at `index` (arrival order).
+    pub fn fragment(&self, stream: &str, index: usize) -> Option<FragmentInfo> {
+        self.lock()
+            .streams
+            .get(stream)
+            .and_then(|e| e.fragments.get(index).cloned())
+    }
+
     pub fn fragments(&self, stream: &str) -> Vec<FragmentInfo> {
         self.lock()
             .streams

@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::ack::{Ack, AckEventType};
 use super::faults::ConnectionFault;
+use super::live::{FragmentStart, LiveEvent};
 use super::mkv::{Event, ParsedFragment, RuleError, SessionHeader, Splitter};
 use super::model::{
     AckRecord, ApiError, FragmentInfo, FragmentState, FrameArrival, SessionEnd, SessionInfo,
@@ -122,8 +123,8 @@ pub(crate) fn start(
     let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Outgoing>();
     tokio::spawn(ack_writer(ack_rx, body_tx, kill.clone()));
     let session = Session {
-        splitter: Splitter::new(service.settings.limits.clone())
-            .report_blocks(service.settings.record_frame_arrivals),
+        // Blocks feed the live tail (GetMedia) and, when asked, the arrival records.
+        splitter: Splitter::new(service.settings.limits.clone()).report_blocks(true),
         arrivals: Vec::new(),
         uplink_free_at: None,
         service,
@@ -198,6 +199,8 @@ struct OpenFragment {
     connection_index: u64,
     number: String,
     timecode: u64,
+    /// Its start, as published to the live tail.
+    live: Arc<FragmentStart>,
 }
 
 struct Session {
@@ -279,6 +282,7 @@ impl Session {
                         f.state = FragmentState::Failed;
                     }
                 });
+            self.give_up(&open);
         }
         tracing::info!(session = self.id, stream = %self.stream, ?end, "PutMedia session ended");
         let body_done = matches!(end, SessionEnd::BodyEnded);
@@ -385,13 +389,30 @@ impl Session {
                     self.header = Some(h);
                 }
                 Event::FragmentStarted { timecode } => self.fragment_started(timecode).await,
-                Event::Block { track, timecode } => self.arrivals.push(FrameArrival {
+                Event::Block {
                     track,
                     timecode,
-                    at_unix_us: SystemTime::now()
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_micros() as u64),
-                }),
+                    element,
+                } => {
+                    if let Some(open) = &self.open {
+                        self.service.live.publish(
+                            &self.stream,
+                            LiveEvent::Block {
+                                number: open.live.number.clone(),
+                                element,
+                            },
+                        );
+                    }
+                    if self.service.settings.record_frame_arrivals {
+                        self.arrivals.push(FrameArrival {
+                            track,
+                            timecode,
+                            at_unix_us: SystemTime::now()
+                                .duration_since(SystemTime::UNIX_EPOCH)
+                                .map_or(0, |d| d.as_micros() as u64),
+                        });
+                    }
+                }
                 Event::FragmentCompleted(f) => self.fragment_completed(f).await,
             }
         }
@@ -426,6 +447,7 @@ impl Session {
         self.fragments_started += 1;
         self.arrivals.clear();
         let number = self.service.registry.new_fragment_number();
+        let server_timestamp = SystemTime::now();
         let info = FragmentInfo {
             index: 0,
             session_id: self.id,
@@ -433,7 +455,7 @@ impl Session {
             fragment_number: number.clone(),
             timecode,
             producer_timestamp_ms: self.producer_timestamp_ms(timecode),
-            server_timestamp: SystemTime::now(),
+            server_timestamp,
             duration_ms: 0,
             size: 0,
             frames_per_track: Default::default(),
@@ -459,11 +481,26 @@ impl Session {
             timecode,
             "fragment started"
         );
+        let live = Arc::new(FragmentStart {
+            number: Arc::from(number.as_str()),
+            header: self
+                .header
+                .as_deref()
+                .expect("a fragment follows the header")
+                .into(),
+            timecode,
+            server_timestamp,
+            producer_timestamp_ms: self.producer_timestamp_ms(timecode).unwrap_or(timecode),
+        });
+        self.service
+            .live
+            .publish(&self.stream, LiveEvent::Start(live.clone()));
         self.open = Some(OpenFragment {
             stream_index,
             connection_index: k,
             number: number.clone(),
             timecode,
+            live,
         });
         for f in self.service.faults.take_at_fragment(k) {
             self.apply_fault(f).await;
@@ -483,6 +520,13 @@ impl Session {
         let Some(open) = self.open.take() else {
             return;
         };
+        self.service.live.publish(
+            &self.stream,
+            LiveEvent::End {
+                number: open.live.number.clone(),
+                complete: true,
+            },
+        );
         let scale = self
             .header
             .as_ref()
@@ -590,6 +634,17 @@ impl Session {
         }
     }
 
+    /// Tells live readers the open fragment will not complete.
+    fn give_up(&self, open: &OpenFragment) {
+        self.service.live.publish(
+            &self.stream,
+            LiveEvent::End {
+                number: open.live.number.clone(),
+                complete: false,
+            },
+        );
+    }
+
     /// Sends an ERROR ACK for the open fragment (or none) and ends the session.
     fn fail(&mut self, error_id: u32, why: &str) {
         tracing::info!(session = self.id, error_id, why, "ERROR ACK");
@@ -607,6 +662,7 @@ impl Session {
                         r.state = FragmentState::Failed;
                         r.error_id = Some(error_id);
                     });
+                self.give_up(&open);
                 self.send_ack(
                     Ack::error(error_id, Some((open.timecode, &open.number))),
                     Some((open.stream_index, open.connection_index)),
@@ -621,8 +677,9 @@ impl Session {
         let id = e.kind.error_id();
         if e.fragment_timecode.is_some()
             && self.open.as_ref().map(|o| o.timecode) != e.fragment_timecode
+            && let Some(open) = self.open.take()
         {
-            self.open = None;
+            self.give_up(&open);
         }
         self.fail(id, &e.detail);
     }

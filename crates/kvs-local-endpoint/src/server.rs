@@ -3,8 +3,9 @@
 //! Owns: accepting TCP (optionally TLS) connections on the bound address, serving HTTP/1.1 on each
 //! with hyper (full duplex: a PutMedia response streams while its request body is still being
 //! read), tearing a connection down on a fault (FIN, or RST through `SO_LINGER` 0 on a duplicate
-//! of the socket), routing `POST /<operation>` to the control plane or PutMedia, SigV4 verification
-//! of every request, the request log, and the service's error shape: status code,
+//! of the socket), routing `POST /<operation>` to the control plane, PutMedia or the playback APIs
+//! (`media`: GetMedia; `archive`: ListFragments, GetMediaForFragmentList), SigV4 verification of
+//! every request, the request log, and the service's error shape: status code,
 //! `x-amzn-ErrorType`, `x-amzn-RequestId` and `{"__type", "Message"}`. `GET /_local/…` serves the
 //! inspection data as JSON for people (unsigned, not part of the KVS API).
 //!
@@ -63,6 +64,8 @@ pub(crate) struct Service {
     pub registry: Registry,
     pub faults: Faults,
     pub store: Store,
+    /// What PutMedia sessions publish for GetMedia readers.
+    pub live: super::live::Live,
     pub data_endpoint: String,
     pub shutdown: watch::Receiver<bool>,
 }
@@ -313,6 +316,8 @@ async fn handle(
     }
     let operation = if path == "/putMedia" {
         "PutMedia"
+    } else if let Some(op) = playback_operation(&path) {
+        op
     } else {
         match Operation::from_path(&path) {
             Some(op) => op.name(),
@@ -433,6 +438,20 @@ async fn handle(
         };
     }
 
+    if playback_operation(&path).is_some() {
+        let result =
+            control::parse_body(control_body.as_deref().unwrap_or_default()).and_then(|b| {
+                log.stream = control::stream_of(&b);
+                playback(&service, &path, &b, &rid)
+            });
+        let (status, error) = match &result {
+            Ok(r) => (r.status().as_u16(), None),
+            Err(e) => (e.status, Some(e.error_type.as_str())),
+        };
+        log.finish(&service.registry, status, error);
+        return result.unwrap_or_else(|e| error_response(&e, &rid));
+    }
+
     let op = Operation::from_path(&path).expect("checked above");
     let result = control::parse_body(control_body.as_deref().unwrap_or_default()).and_then(|b| {
         log.stream = control::stream_of(&b);
@@ -447,6 +466,32 @@ async fn handle(
             log.finish(&service.registry, e.status, Some(&e.error_type));
             error_response(&e, &rid)
         }
+    }
+}
+
+/// The playback operations of `kinesis-video-media` and `kinesis-video-archived-media` this
+/// endpoint serves, by path.
+fn playback_operation(path: &str) -> Option<&'static str> {
+    Some(match path {
+        super::media::PATH => "GetMedia",
+        super::archive::LIST_FRAGMENTS => "ListFragments",
+        super::archive::GET_MEDIA_FOR_FRAGMENT_LIST => "GetMediaForFragmentList",
+        _ => return None,
+    })
+}
+
+fn playback(
+    service: &Arc<Service>,
+    path: &str,
+    body: &serde_json::Map<String, serde_json::Value>,
+    rid: &str,
+) -> Result<Response<ResponseBody>, ApiError> {
+    match path {
+        super::media::PATH => super::media::get_media(service, body, rid),
+        super::archive::LIST_FRAGMENTS => {
+            super::archive::list_fragments(service, body).map(|v| json_response(200, rid, &v))
+        }
+        _ => super::archive::get_media_for_fragment_list(service, body, rid),
     }
 }
 
