@@ -11,6 +11,10 @@
 //!   BUFFERING/RECEIVED/PERSISTED/IDLE/ERROR ACKs and the service's rules;
 //! - [`faults`]: fault injection; `model`: streams and what arrived; `store`: fragments on disk as
 //!   playable `.mkv`;
+//! - `hls` + `remux`: playback of what is stored — GetHLSStreamingSessionURL (LIVE, LIVE_REPLAY,
+//!   ON_DEMAND; fMP4 segments remuxed from the stored fragments with GStreamer) and GetClip (MP4);
+//!   `page`: the page at `/_local/` (streams, fragments, ACKs, a live Media Source Extensions
+//!   player);
 //! - [`iot`]: the AWS IoT credentials provider (mutual TLS on a port of its own, [`Config::iot`]),
 //!   which mints credentials this endpoint then accepts until they expire.
 //!
@@ -53,10 +57,13 @@ pub mod faults;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzz_api;
+mod hls;
 pub mod iot;
 pub mod mkv;
 mod model;
+mod page;
 mod putmedia;
+mod remux;
 mod server;
 pub mod sigv4;
 mod store;
@@ -293,6 +300,7 @@ impl LocalEndpoint {
             store,
             data_endpoint: config.advertised_url.clone().unwrap_or_else(|| url.clone()),
             shutdown: shutdown_rx,
+            playback: hls::Playback::default(),
         });
         let iot = match &config.iot {
             Some(c) => Some(iot::IotService::start(
