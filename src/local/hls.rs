@@ -216,7 +216,10 @@ pub(crate) fn create_session(
         other => return Err(enum_error("ContainerFormat", other)),
     }
     for (field, allowed) in [
-        ("DiscontinuityMode", &["ALWAYS", "NEVER", "ON_DISCONTINUITY"][..]),
+        (
+            "DiscontinuityMode",
+            &["ALWAYS", "NEVER", "ON_DISCONTINUITY"][..],
+        ),
         ("DisplayFragmentTimestamp", &["ALWAYS", "NEVER"][..]),
     ] {
         if let Some(v) = opt_str(body, field)?
@@ -275,9 +278,9 @@ pub(crate) fn create_session(
     let now_ms = unix_ms(SystemTime::now());
     let frags = persisted(service, &stream);
     let available = match mode {
-        PlaybackMode::Live => frags.iter().any(|f| {
-            unix_ms(f.server_timestamp) + LIVE_MAX_AGE.as_millis() as u64 >= now_ms
-        }),
+        PlaybackMode::Live => frags
+            .iter()
+            .any(|f| unix_ms(f.server_timestamp) + LIVE_MAX_AGE.as_millis() as u64 >= now_ms),
         _ => !select(&session, &frags).is_empty(),
     };
     if !available {
@@ -310,10 +313,7 @@ fn get_clip(service: &Service, body: &Map<String, Value>) -> Result<Vec<u8>, Api
     };
     check_range(&selector, Duration::from_secs(24 * 3600))?;
     let frags = persisted(service, &stream);
-    let chosen: Vec<&FragmentInfo> = frags
-        .iter()
-        .filter(|f| in_range(f, &selector))
-        .collect();
+    let chosen: Vec<&FragmentInfo> = frags.iter().filter(|f| in_range(f, &selector)).collect();
     let Some(first) = chosen.first() else {
         return Err(ApiError::new(
             404,
@@ -336,7 +336,9 @@ fn get_clip(service: &Service, body: &Map<String, Value>) -> Result<Vec<u8>, Api
     }
     let mut mkv = file_header(&frags, path)?;
     for f in chosen {
-        mkv.extend_from_slice(&Store::read(f.stored.as_ref().expect("persisted")).map_err(internal)?);
+        mkv.extend_from_slice(
+            &Store::read(f.stored.as_ref().expect("persisted")).map_err(internal)?,
+        );
     }
     remux::clip(mkv).map_err(remux_error)
 }
@@ -362,7 +364,9 @@ pub(crate) async fn serve_session(
     let work = move || -> Result<Response<ResponseBody>, ApiError> {
         let service = service2;
         match action.as_str() {
-            "getHLSMasterPlaylist.m3u8" => Ok(playlist(master_playlist(&service, &session, &token)?)),
+            "getHLSMasterPlaylist.m3u8" => {
+                Ok(playlist(master_playlist(&service, &session, &token)?))
+            }
             "getHLSMediaPlaylist.m3u8" => Ok(playlist(media_playlist(&service, &session, &token)?)),
             "getMP4InitFragment.mp4" => {
                 let frags = persisted(&service, &session.stream);
@@ -394,7 +398,11 @@ pub(crate) async fn serve_session(
             "getTSFragment.ts" => Err(ApiError::invalid_argument(
                 "This local endpoint serves FRAGMENTED_MP4 sessions only.",
             )),
-            _ => Err(ApiError::new(404, "ResourceNotFoundException", "Unknown HLS action.")),
+            _ => Err(ApiError::new(
+                404,
+                "ResourceNotFoundException",
+                "Unknown HLS action.",
+            )),
         }
     };
     tokio::task::spawn_blocking(work).await.map_err(internal)?
@@ -434,7 +442,12 @@ fn media_playlist(service: &Service, session: &Session, token: &str) -> Result<S
     let frags = persisted(service, &session.stream);
     let chosen = select(session, &frags);
     let durations: Vec<u64> = chosen.iter().map(|f| duration_ms(f, &frags)).collect();
-    let target = durations.iter().max().copied().unwrap_or(1000).div_ceil(1000);
+    let target = durations
+        .iter()
+        .max()
+        .copied()
+        .unwrap_or(1000)
+        .div_ceil(1000);
     let sequence = chosen
         .first()
         .and_then(|f| frags.iter().position(|x| x.index == f.index))
@@ -547,7 +560,10 @@ fn duration_ms(f: &FragmentInfo, frags: &[FragmentInfo]) -> u64 {
         .skip_while(|x| x.index != f.index)
         .nth(1)
         .filter(|n| n.session_id == f.session_id);
-    match (next.and_then(|n| n.producer_timestamp_ms), f.producer_timestamp_ms) {
+    match (
+        next.and_then(|n| n.producer_timestamp_ms),
+        f.producer_timestamp_ms,
+    ) {
         (Some(b), Some(a)) if b > a && b - a <= f.duration_ms * 2 + 2000 => b - a,
         _ => {
             let frames = f.frames_per_track.get(&1).copied().unwrap_or(1).max(2) - 1;
@@ -727,7 +743,11 @@ fn playlist(text: String) -> Response<ResponseBody> {
     respond(200, "application/vnd.apple.mpegurl", text.into_bytes())
 }
 
-fn respond(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> Response<ResponseBody> {
+fn respond(
+    status: u16,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<ResponseBody> {
     let mut resp = Response::new(full(body));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
     let h = resp.headers_mut();

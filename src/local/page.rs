@@ -39,11 +39,7 @@ pub(crate) fn serve(
     Some(session(service, name, query))
 }
 
-fn session(
-    service: &Service,
-    name: &str,
-    query: &str,
-) -> Result<Response<ResponseBody>, ApiError> {
+fn session(service: &Service, name: &str, query: &str) -> Result<Response<ResponseBody>, ApiError> {
     let mode = query
         .split('&')
         .find_map(|kv| kv.strip_prefix("PlaybackMode="))
@@ -59,7 +55,11 @@ fn session(
             .first()
             .map(|f| f.server_timestamp)
             .unwrap_or_else(SystemTime::now);
-        let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+        let secs = |t: SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64()
+        };
         body.insert(
             "HLSFragmentSelector".into(),
             json!({

@@ -150,10 +150,7 @@ impl Fragmented {
         let Some((track, input)) = self.tracks.iter().find(|(t, _)| t.id == track_id) else {
             return Ok(());
         };
-        let v1 = *out
-            .get(tfdt.body)
-            .ok_or(RemuxError::Output("short tfdt"))?
-            == 1;
+        let v1 = *out.get(tfdt.body).ok_or(RemuxError::Output("short tfdt"))? == 1;
         let old = if v1 {
             get_u64(out, tfdt.body + 4)?
         } else {
@@ -167,8 +164,8 @@ impl Fragmented {
             }
         };
         let start_ns = input.first_ns.unwrap_or(zero_ns).saturating_sub(zero_ns);
-        let start = (u128::from(start_ns) * u128::from(track.timescale) + 500_000_000)
-            / 1_000_000_000;
+        let start =
+            (u128::from(start_ns) * u128::from(track.timescale) + 500_000_000) / 1_000_000_000;
         let new = (start as u64).saturating_add(old - first.min(old));
         if v1 {
             put_u64(out, tfdt.body + 4, new)
@@ -283,10 +280,12 @@ fn run(
         pipeline
             .set_state(gst::State::Playing)
             .map_err(|e| RemuxError::Gst(e.to_string()))?;
-        let flow =
-            src.emit_by_name::<gst::FlowReturn>("push-buffer", &[&gst::Buffer::from_mut_slice(mkv)]);
+        let flow = src
+            .emit_by_name::<gst::FlowReturn>("push-buffer", &[&gst::Buffer::from_mut_slice(mkv)]);
         if flow != gst::FlowReturn::Ok {
-            return Err(RemuxError::Gst(format!("appsrc refused the input: {flow:?}")));
+            return Err(RemuxError::Gst(format!(
+                "appsrc refused the input: {flow:?}"
+            )));
         }
         let _ = src.emit_by_name::<gst::FlowReturn>("end-of-stream", &[]);
         let bus = pipeline.bus().expect("a pipeline has a bus");

@@ -181,14 +181,33 @@ async function play(name) {
   }
 }
 
+// How far playback advanced (seconds of media played, seeks left out): the tests read it from
+// the DOM or the title.
+let played = 0;
+let last = null;
+
 function tick() {
   const t = $('video').currentTime;
+  if (last !== null && t > last) played += t - last;
+  last = t;
   $('current-time').textContent = t.toFixed(3);
-  document.title = 'currentTime=' + t.toFixed(3);
+  $('played').textContent = played.toFixed(3);
+  document.title = 'currentTime=' + t.toFixed(3) + ' played=' + played.toFixed(3);
 }
 
 async function main() {
   setInterval(tick, 200);
+  $('video').addEventListener('seeking', () => { last = null; });
+  // ?hold=URL: an image from URL, which the page's load event waits for. A headless browser
+  // dumps the DOM (`--dump-dom`, `--screenshot`) at the load event: the tests let the video play
+  // for real seconds first by answering that request late.
+  const hold = params.get('hold');
+  if (hold) {
+    const img = new Image(1, 1);
+    img.src = hold;
+    img.alt = '';
+    document.body.appendChild(img);
+  }
   let streams = [];
   try {
     streams = await showStreams(params.get('stream'));
