@@ -223,13 +223,12 @@ pub(crate) fn clip(mkv: Vec<u8>) -> Result<Vec<u8>, RemuxError> {
     Ok(run(mkv, mux)?.0)
 }
 
-type Inputs = Arc<Mutex<Vec<(TrackKind, TrackInput)>>>;
+/// The tracks linked to the muxer, in the order they were linked.
+type TrackInputs = Vec<(TrackKind, TrackInput)>;
+type Inputs = Arc<Mutex<TrackInputs>>;
 
 /// Runs the pipeline over `mkv` with `mux`; returns what the muxer wrote and the tracks it got.
-fn run(
-    mkv: Vec<u8>,
-    mux: gst::Element,
-) -> Result<(Vec<u8>, Vec<(TrackKind, TrackInput)>), RemuxError> {
+fn run(mkv: Vec<u8>, mux: gst::Element) -> Result<(Vec<u8>, TrackInputs), RemuxError> {
     let pipeline = gst::Pipeline::new();
     let src = gst::ElementFactory::make("appsrc")
         .property("caps", gst::Caps::builder("video/x-matroska").build())
@@ -396,12 +395,12 @@ fn link_track(
                 if input.first_ns.is_none() {
                     input.first_ns = b.dts_or_pts().map(|t| t.nseconds());
                 }
-            } else if let Some(gst::EventView::Caps(c)) = info.event().map(|e| e.view()) {
-                if let Some(s) = c.caps().structure(0) {
-                    input.codec = codec_string(s);
-                    if let (Ok(w), Ok(h)) = (s.get::<i32>("width"), s.get::<i32>("height")) {
-                        input.resolution = Some((w, h));
-                    }
+            } else if let Some(gst::EventView::Caps(c)) = info.event().map(|e| e.view())
+                && let Some(s) = c.caps().structure(0)
+            {
+                input.codec = codec_string(s);
+                if let (Ok(w), Ok(h)) = (s.get::<i32>("width"), s.get::<i32>("height")) {
+                    input.resolution = Some((w, h));
                 }
             }
             gst::PadProbeReturn::Ok
