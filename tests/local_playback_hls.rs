@@ -126,6 +126,34 @@ fn hls_url(ep: &LocalEndpoint, stream: &str, mode: HlsPlaybackMode) -> String {
     .to_owned()
 }
 
+/// GetClip over every persisted fragment of the stream: the MP4's bytes.
+fn get_clip(ep: &LocalEndpoint, stream: &str) -> Vec<u8> {
+    let (a, b) = whole_range(ep, stream);
+    rt().block_on(async {
+        let out = client(ep)
+            .get_clip()
+            .stream_name(stream)
+            .clip_fragment_selector(
+                ClipFragmentSelector::builder()
+                    .fragment_selector_type(ClipFragmentSelectorType::ProducerTimestamp)
+                    .timestamp_range(
+                        ClipTimestampRange::builder()
+                            .start_timestamp(datetime(a))
+                            .end_timestamp(datetime(b))
+                            .build()
+                            .unwrap(),
+                    )
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await
+            .expect("GetClip");
+        assert_eq!(out.content_type(), Some("video/mp4"));
+        out.payload.collect().await.unwrap().into_bytes().to_vec()
+    })
+}
+
 /// Runs a tool; returns (success, stdout, stderr).
 fn tool(cmd: &mut Command, timeout: Duration) -> (bool, String, String) {
     let mut child = cmd
@@ -172,7 +200,7 @@ fn count_frames(input: &str) -> Vec<(String, u64)> {
             "error",
             "-count_frames",
             "-show_entries",
-            "stream=codec_name,nb_read_frames",
+            "stream=index,codec_name,nb_read_frames",
             "-of",
             "csv=p=0",
             input,
@@ -180,10 +208,21 @@ fn count_frames(input: &str) -> Vec<(String, u64)> {
         Duration::from_secs(90),
     );
     assert!(ok, "ffprobe {input}: {err}");
-    out.lines()
-        .filter_map(|l| l.split_once(','))
-        .map(|(c, n)| (c.to_owned(), n.trim().parse().unwrap_or(0)))
-        .collect()
+    // HLS inputs list their streams twice (under the program and on their own): by index.
+    let mut streams: Vec<(u32, String, u64)> = out
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(',');
+            Some((
+                f.next()?.trim().parse().ok()?,
+                f.next()?.to_owned(),
+                f.next()?.trim().parse().unwrap_or(0),
+            ))
+        })
+        .collect();
+    streams.sort();
+    streams.dedup();
+    streams.into_iter().map(|(_, c, n)| (c, n)).collect()
 }
 
 fn frames_of(counts: &[(String, u64)], codec: &str) -> u64 {
@@ -332,31 +371,7 @@ fn on_demand_hls_and_get_clip_decode_after_the_upload() {
     );
 
     // GetClip over the same range: one MP4.
-    let (a, b) = whole_range(&ep, stream);
-    let clip = rt()
-        .block_on(async {
-            let out = client(&ep)
-                .get_clip()
-                .stream_name(stream)
-                .clip_fragment_selector(
-                    ClipFragmentSelector::builder()
-                        .fragment_selector_type(ClipFragmentSelectorType::ProducerTimestamp)
-                        .timestamp_range(
-                            ClipTimestampRange::builder()
-                                .start_timestamp(datetime(a))
-                                .end_timestamp(datetime(b))
-                                .build()
-                                .unwrap(),
-                        )
-                        .build()
-                        .unwrap(),
-                )
-                .send()
-                .await?;
-            assert_eq!(out.content_type(), Some("video/mp4"));
-            Ok::<_, archived::Error>(out.payload.collect().await.unwrap().into_bytes())
-        })
-        .expect("GetClip");
+    let clip = get_clip(&ep, stream);
     let path = artifact_dir().join("clip.mp4");
     std::fs::write(&path, &clip).unwrap();
     let path = path.to_str().unwrap();
@@ -582,4 +597,38 @@ fn the_page_plays_the_live_stream_in_headless_chromium() {
         assert!(ok && shot.exists(), "screenshot: {err}");
         uploader.join().unwrap();
     });
+}
+
+#[test]
+fn h265_video_plays_over_hls_and_g711_audio_is_left_out() {
+    let stream = "hls-h265-alaw";
+    let ep = endpoint(stream);
+    let r = run(
+        &ep,
+        &format!(
+            "videotestsrc is-live=true num-buffers=120 ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 \
+             ! x265enc tune=zerolatency speed-preset=ultrafast key-int-max=30 ! h265parse ! queue \
+             ! kvssink name=sink stream-name={stream} \
+             audiotestsrc is-live=true num-buffers=40 samplesperbuffer=800 ! audio/x-raw,rate=8000,channels=1 \
+             ! alawenc ! queue ! sink."
+        ),
+        Duration::from_secs(120),
+        RunOptions::default(),
+    );
+    assert!(r.errors.is_empty() && r.eos, "{:?}", r.errors);
+    let url = hls_url(&ep, stream, HlsPlaybackMode::OnDemand);
+    let master = get_text(&url);
+    assert!(master.contains("CODECS=\"hvc1."), "{master}");
+    decode_cleanly(&url, &[]);
+    let counts = count_frames(&url);
+    assert_eq!(frames_of(&counts, "hevc"), r.frames["video_0"]);
+    assert_eq!(counts.len(), 1, "only the video track: {counts:?}");
+
+    let path = artifact_dir().join("clip-h265.mp4");
+    std::fs::write(&path, get_clip(&ep, stream)).unwrap();
+    let path = path.to_str().unwrap();
+    decode_cleanly(path, &[]);
+    let counts = count_frames(path);
+    assert_eq!(frames_of(&counts, "hevc"), r.frames["video_0"]);
+    assert_eq!(counts.len(), 1, "only the video track: {counts:?}");
 }

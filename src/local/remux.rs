@@ -184,7 +184,7 @@ pub(crate) fn fragmented(mkv: Vec<u8>) -> Result<Fragmented, RemuxError> {
         .property("fragment-duration", FRAGMENT_DURATION_MS)
         .property("streamable", true)
         .build()?;
-    let (bytes, inputs) = run(mkv, mux)?;
+    let (bytes, inputs) = run(mkv, mux, true)?;
     let mut init = Vec::new();
     let mut media = Vec::new();
     for b in children(&bytes, 0, bytes.len())? {
@@ -220,7 +220,7 @@ pub(crate) fn clip(mkv: Vec<u8>) -> Result<Vec<u8>, RemuxError> {
     let mux = gst::ElementFactory::make("mp4mux")
         .property("faststart", true)
         .build()?;
-    Ok(run(mkv, mux)?.0)
+    Ok(run(mkv, mux, false)?.0)
 }
 
 /// The tracks linked to the muxer, in the order they were linked.
@@ -228,7 +228,13 @@ type TrackInputs = Vec<(TrackKind, TrackInput)>;
 type Inputs = Arc<Mutex<TrackInputs>>;
 
 /// Runs the pipeline over `mkv` with `mux`; returns what the muxer wrote and the tracks it got.
-fn run(mkv: Vec<u8>, mux: gst::Element) -> Result<(Vec<u8>, TrackInputs), RemuxError> {
+/// `restart_tracks`: every track starts at running time 0 (fragmented output, whose decode times
+/// are rewritten from each track's first timestamp).
+fn run(
+    mkv: Vec<u8>,
+    mux: gst::Element,
+    restart_tracks: bool,
+) -> Result<(Vec<u8>, TrackInputs), RemuxError> {
     let pipeline = gst::Pipeline::new();
     let src = gst::ElementFactory::make("appsrc")
         .property("caps", gst::Caps::builder("video/x-matroska").build())
@@ -269,7 +275,7 @@ fn run(mkv: Vec<u8>, mux: gst::Element) -> Result<(Vec<u8>, TrackInputs), RemuxE
         let inputs = inputs.clone();
         let mux = mux.clone();
         demux.connect_pad_added(move |demux, pad| {
-            if let Err(e) = link_track(demux, pad, &mux, &inputs) {
+            if let Err(e) = link_track(demux, pad, &mux, &inputs, restart_tracks) {
                 tracing::warn!(error = %e, "remux: cannot link a track");
             }
         });
@@ -333,6 +339,7 @@ fn link_track(
     pad: &gst::Pad,
     mux: &gst::Element,
     inputs: &Inputs,
+    restart: bool,
 ) -> Result<(), RemuxError> {
     let bin = demux
         .parent()
@@ -388,12 +395,28 @@ fn link_track(
     let inputs = inputs.clone();
     parse_src.add_probe(
         gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
-        move |_, info| {
+        move |pad, info| {
             let mut guard = inputs.lock().unwrap_or_else(|e| e.into_inner());
             let input = &mut guard[index].1;
             if let Some(b) = info.buffer() {
                 if input.first_ns.is_none() {
-                    input.first_ns = b.dts_or_pts().map(|t| t.nseconds());
+                    let ts = b.dts_or_pts();
+                    input.first_ns = ts.map(|t| t.nseconds());
+                    // The track starts at running time 0: in fragmented output mp4mux places a
+                    // track's first sample at decode time 0 anyway and would shift the following
+                    // ones by the gap (the demuxer's segment starts at the earliest track, a
+                    // left-out one too).
+                    let segment = restart
+                        .then(|| pad.sticky_event::<gst::event::Segment>(0))
+                        .flatten();
+                    let running = segment.and_then(|e| {
+                        e.segment()
+                            .downcast_ref::<gst::ClockTime>()
+                            .and_then(|s| s.to_running_time(ts?))
+                    });
+                    if let Some(rt) = running {
+                        pad.set_offset(-(rt.nseconds() as i64));
+                    }
                 }
             } else if let Some(gst::EventView::Caps(c)) = info.event().map(|e| e.view())
                 && let Some(s) = c.caps().structure(0)
