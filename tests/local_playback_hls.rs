@@ -524,7 +524,7 @@ fn live_hls_decodes_during_the_upload_and_lists_fragments_soon_after_persisted()
 }
 
 /// Real time the page plays before Chromium dumps it.
-const PLAY_FOR: Duration = Duration::from_secs(6);
+const PLAY_FOR: Duration = Duration::from_secs(8);
 
 /// A URL whose one request is answered after `d`: the page loads it as an image (`?hold=`), so
 /// its load event, where headless Chromium dumps the DOM or takes the screenshot, comes after the

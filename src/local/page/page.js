@@ -161,6 +161,11 @@ async function play(name) {
     for (const seg of list.segments) {
       if (next === null || seg.seq < next) continue;
       if (seg.map !== map) {
+        // A new stored file (EXT-X-DISCONTINUITY): its timeline starts at 0 again, so it goes
+        // after what is buffered.
+        if (map !== null && sb.buffered.length) {
+          sb.timestampOffset = sb.buffered.end(sb.buffered.length - 1);
+        }
         await append(sb, await getBytes(seg.map));
         map = seg.map;
       }
