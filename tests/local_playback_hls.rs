@@ -415,6 +415,41 @@ fn hls_requests_are_checked() {
     );
     assert_eq!(code(missing), "ResourceNotFoundException");
 
+    // LIVE_REPLAY from the first fragment, two at a time: the first two, no end yet.
+    let frags = persisted(&ep, stream);
+    let first = frags[0].producer_timestamp_ms.unwrap();
+    let replay = rt
+        .block_on(
+            c.get_hls_streaming_session_url()
+                .stream_name(stream)
+                .playback_mode(HlsPlaybackMode::LiveReplay)
+                .max_media_playlist_fragment_results(2)
+                .hls_fragment_selector(
+                    HlsFragmentSelector::builder()
+                        .fragment_selector_type(HlsFragmentSelectorType::ProducerTimestamp)
+                        .timestamp_range(
+                            HlsTimestampRange::builder()
+                                .start_timestamp(datetime(first))
+                                .build(),
+                        )
+                        .build(),
+                )
+                .send(),
+        )
+        .expect("LIVE_REPLAY session");
+    let media = get_text(&media_playlist_url(
+        replay.hls_streaming_session_url().unwrap(),
+    ));
+    assert_eq!(
+        playlist_fragment_numbers(&media),
+        [
+            frags[0].fragment_number.clone(),
+            frags[1].fragment_number.clone()
+        ],
+        "{media}"
+    );
+    assert!(!media.contains("#EXT-X-ENDLIST"), "{media}");
+
     // The operation itself is signed: an unsigned POST is refused.
     let mut s = TcpStream::connect(ep.addr()).unwrap();
     let body = format!("{{\"StreamName\":\"{stream}\"}}");

@@ -74,6 +74,7 @@ struct Session {
     stream: String,
     mode: PlaybackMode,
     selector: Selector,
+    created: SystemTime,
     expires: SystemTime,
     max_results: usize,
 }
@@ -272,6 +273,7 @@ pub(crate) fn create_session(
         stream: stream.clone(),
         mode,
         selector,
+        created: SystemTime::now(),
         expires: SystemTime::now() + Duration::from_secs(expires),
         max_results,
     };
@@ -523,18 +525,36 @@ fn find<'a>(frags: &'a [FragmentInfo], number: &str) -> Result<&'a FragmentInfo,
         })
 }
 
-/// The session's fragments: LIVE the newest, the others the first in their range.
+/// The session's fragments: LIVE the newest; ON_DEMAND the first in the range; LIVE_REPLAY a
+/// window that starts with the first in the range and moves on in real time (the replay
+/// position is the range's start plus the time since the session began).
 fn select<'a>(session: &Session, frags: &'a [FragmentInfo]) -> Vec<&'a FragmentInfo> {
+    let newest = |v: Vec<&'a FragmentInfo>| {
+        let skip = v.len().saturating_sub(session.max_results);
+        v[skip..].to_vec()
+    };
+    let in_range = frags.iter().filter(|f| in_range(f, &session.selector));
     match session.mode {
-        PlaybackMode::Live => {
-            let skip = frags.len().saturating_sub(session.max_results);
-            frags[skip..].iter().collect()
+        PlaybackMode::Live => newest(frags.iter().collect()),
+        PlaybackMode::OnDemand => in_range.take(session.max_results).collect(),
+        PlaybackMode::LiveReplay => {
+            let kind = session.selector.kind;
+            let elapsed = SystemTime::now()
+                .duration_since(session.created)
+                .unwrap_or_default()
+                .as_millis() as u64;
+            let position = session.selector.start_ms.unwrap_or(0) + elapsed;
+            let v: Vec<_> = in_range.collect();
+            let first_window = v
+                .get(session.max_results.saturating_sub(1))
+                .map_or(u64::MAX, |f| timestamp_ms(f, kind));
+            let horizon = position.max(first_window);
+            newest(
+                v.into_iter()
+                    .filter(|f| timestamp_ms(f, kind) <= horizon)
+                    .collect(),
+            )
         }
-        _ => frags
-            .iter()
-            .filter(|f| in_range(f, &session.selector))
-            .take(session.max_results)
-            .collect(),
     }
 }
 
