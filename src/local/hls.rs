@@ -487,11 +487,18 @@ fn media_playlist(service: &Service, session: &Session, token: &str) -> Result<S
     let ended = match session.mode {
         PlaybackMode::OnDemand => true,
         PlaybackMode::Live => false,
-        PlaybackMode::LiveReplay => session.selector.end_ms.is_some_and(|end| {
-            frags
+        // Past the range's end and the window shows its last fragment.
+        PlaybackMode::LiveReplay => {
+            let last_in_range = frags
                 .iter()
-                .any(|f| timestamp_ms(f, session.selector.kind) >= end)
-        }),
+                .rfind(|f| in_range(f, &session.selector))
+                .map(|f| f.index);
+            session.selector.end_ms.is_some_and(|end| {
+                frags
+                    .iter()
+                    .any(|f| timestamp_ms(f, session.selector.kind) >= end)
+            }) && chosen.last().map(|f| f.index) == last_in_range
+        }
     };
     if ended {
         out.push_str("#EXT-X-ENDLIST\n");
