@@ -2,10 +2,11 @@
 //! fragments with sizes and ACK history, and a live player.
 //!
 //! Owns: serving the page (`page/index.html`, `page/page.js`, hand-written, compiled in) and
-//! `GET /_local/streams/<name>/hls?PlaybackMode=LIVE|ON_DEMAND`, which opens an HLS session
-//! without a signature (LIVE: the newest fragments; ON_DEMAND: everything stored) and answers as
-//! GetHLSStreamingSessionURL does. The page's player reads that session's playlists and feeds the
-//! fMP4 segments to Media Source Extensions; the demo prints such a URL for `ffplay`.
+//! `GET /_local/streams/<name>/hls?PlaybackMode=LIVE|ON_DEMAND`, which opens a 12-hour HLS
+//! session without a signature (LIVE: the newest fragments; ON_DEMAND: everything stored) and
+//! answers as GetHLSStreamingSessionURL does. The page's player reads that session's playlists
+//! and feeds the fMP4 segments to Media Source Extensions; the demo prints such a URL for
+//! `ffplay`.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -70,8 +71,9 @@ fn session(service: &Service, name: &str, query: &str) -> Result<Response<Respon
                 }
             }),
         );
-        body.insert("Expires".into(), json!(43_200));
     }
+    // The longest session the service allows (12 h), so the page's player keeps playing.
+    body.insert("Expires".into(), json!(43_200));
     let url = hls::create_session(service, &body)?;
     let v: Value = json!({ "HLSStreamingSessionURL": url });
     Ok(text(
