@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo: start the project's local KVS endpoint, stream a live test pipeline (H.264 video +
-# AAC audio, ~10 s) through kvssink into it with gst-launch-1.0, and show what arrived.
+# AAC audio, ~10 s) through kvssink into it with gst-launch-1.0, and show what arrived; then
+# print the endpoint's page and an `ffplay` line for an HLS session (DEMO_KEEP=1: keep serving).
 # Works on a fresh Debian 12 machine as root: installs what it needs first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +35,7 @@ fi
 # The endpoint prints the environment that points kvssink at it.
 eval "$(grep '^export ' "$LOG")"
 echo "==> local KVS endpoint at $CONTROL_PLANE_URI"
+echo "    page (streams, fragments, ACKs, live player): $CONTROL_PLANE_URI/_local/?stream=$STREAM"
 
 FRAMES=$((SECONDS_TO_STREAM * 30))
 AUDIO_BUFFERS=$((SECONDS_TO_STREAM * 44100 / 1024))
@@ -76,4 +78,22 @@ if ffmpeg -v error -i "$MKV" -f null - ; then
 else
   echo "error: the stored stream did not decode" >&2
   exit 1
+fi
+
+echo "==> HLS (an ON_DEMAND session over what was stored)"
+HLS_URL="$(curl -s "$CONTROL_PLANE_URI/_local/streams/$STREAM/hls?PlaybackMode=ON_DEMAND" \
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["HLSStreamingSessionURL"])')"
+if ffmpeg -v error -i "$HLS_URL" -f null - ; then
+  echo "decoded without errors; while the endpoint runs, play it with:"
+  echo "  ffplay '$HLS_URL'"
+  echo "  page: $CONTROL_PLANE_URI/_local/?stream=$STREAM"
+else
+  echo "error: the HLS session did not decode" >&2
+  exit 1
+fi
+if [ "${DEMO_KEEP:-0}" = 1 ]; then
+  echo "==> the endpoint keeps serving (DEMO_KEEP=1); Ctrl-C to stop"
+  wait "$ENDPOINT_PID"
+else
+  echo "(the endpoint stops now; DEMO_KEEP=1 keeps it serving for ffplay and the page)"
 fi

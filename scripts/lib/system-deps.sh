@@ -15,6 +15,9 @@ KVSSINK_TEST_PACKAGES=(
   mkvtoolnix ffmpeg python3-venv openssl
   # RTSP input tests: rtspsrc, and a Python GstRtspServer as the camera (run with /usr/bin/python3)
   gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gst-1.0 python3-gi
+  # the local endpoint's page: its Media Source Extensions player in headless Chromium (Debian's
+  # build plays H.264 + AAC in MSE)
+  chromium
 )
 
 # ensure_packages PKG...: apt-get installs the packages that are not installed yet.

@@ -16,6 +16,10 @@
 //! - `archive`: ListFragments (persisted fragments, paged) and GetMediaForFragmentList;
 //! - [`faults`]: fault injection; `model`: streams and what arrived; `store`: fragments on disk as
 //!   playable `.mkv`;
+//! - `hls` + `remux`: playback of what is stored — GetHLSStreamingSessionURL (LIVE, LIVE_REPLAY,
+//!   ON_DEMAND; fMP4 segments remuxed from the stored fragments with GStreamer) and GetClip (MP4);
+//!   `page`: the page at `/_local/` (streams, fragments, ACKs, a live Media Source Extensions
+//!   player);
 //! - [`iot`]: the AWS IoT credentials provider (mutual TLS on a port of its own, [`Config::iot`]),
 //!   which mints credentials this endpoint then accepts until they expire.
 //!
@@ -60,12 +64,15 @@ pub mod faults;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzz_api;
+mod hls;
 pub mod iot;
 mod live;
 mod media;
 pub mod mkv;
 mod model;
+mod page;
 mod putmedia;
+mod remux;
 mod server;
 pub mod sigv4;
 mod store;
@@ -303,6 +310,7 @@ impl LocalEndpoint {
             live: Default::default(),
             data_endpoint: config.advertised_url.clone().unwrap_or_else(|| url.clone()),
             shutdown: shutdown_rx,
+            playback: hls::Playback::default(),
         });
         let iot = match &config.iot {
             Some(c) => Some(iot::IotService::start(

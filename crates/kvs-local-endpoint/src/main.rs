@@ -8,7 +8,9 @@
 //! It prints its URL and the environment that points `kvssink` at it, then serves until
 //! interrupted. Persisted fragments land in `--storage-dir` (default `$TMPDIR/kvs-local-endpoint`) as
 //! `<stream>.mkv`, playable with `ffplay` or `gst-play-1.0`. `curl <url>/_local/streams`,
-//! `/_local/streams/<name>/fragments`, `/_local/sessions` and `/_local/requests` show what arrived.
+//! `/_local/streams/<name>/fragments`, `/_local/sessions` and `/_local/requests` show what arrived;
+//! `<url>/_local/` is a page with the streams, their fragments and a live player, and
+//! `/_local/streams/<name>/hls?PlaybackMode=LIVE|ON_DEMAND` opens an HLS session (unsigned).
 //! `--iot` also serves the AWS IoT credentials provider (mutual TLS) and prints a ready
 //! `iot-certificate` value. `--help` lists the options, fault injection included.
 
@@ -277,6 +279,14 @@ fn run() -> Result<(), String> {
         );
     }
     println!("\n# see what arrived: curl {}/_local/streams", ep.url());
+    println!(
+        "# the page (streams, fragments, ACKs, a live player): {}/_local/",
+        ep.url()
+    );
+    println!(
+        "# an HLS session URL (for ffplay): curl -s '{}/_local/streams/<name>/hls?PlaybackMode=LIVE' (or ON_DEMAND)",
+        ep.url()
+    );
     loop {
         std::thread::park();
     }

@@ -7,7 +7,9 @@
 //! (`media`: GetMedia; `archive`: ListFragments, GetMediaForFragmentList), SigV4 verification of
 //! every request, the request log, and the service's error shape: status code,
 //! `x-amzn-ErrorType`, `x-amzn-RequestId` and `{"__type", "Message"}`. `GET /_local/…` serves the
-//! inspection data as JSON for people (unsigned, not part of the KVS API).
+//! inspection data as JSON for people and the page (`page`; unsigned, not part of the KVS API).
+//! GetHLSStreamingSessionURL and GetClip are signed like the rest and run by `hls`, which also
+//! serves a session's unsigned `GET /hls/v1/…` URLs (the session token is their credential).
 //!
 //! hyper is used directly rather than through axum: the server needs the raw body bytes (for the
 //! payload hash), the connection's socket (for RST faults) and one catch-all route; a router
@@ -68,6 +70,8 @@ pub(crate) struct Service {
     pub live: super::live::Live,
     pub data_endpoint: String,
     pub shutdown: watch::Receiver<bool>,
+    /// HLS sessions and remuxed fragments (`hls`).
+    pub playback: super::hls::Playback,
 }
 
 /// Lets a request end its own connection.
@@ -312,11 +316,21 @@ async fn handle(
     let rid = request_id();
     let path = req.uri().path().to_owned();
     if req.method() == Method::GET && path.starts_with("/_local/") {
+        let query = req.uri().query().unwrap_or("");
+        if let Some(r) = super::page::serve(&service, &path, query) {
+            return r.unwrap_or_else(|e| error_response(&e, &rid));
+        }
         return inspect(&service, &path, &rid);
+    }
+    if req.method() == Method::GET && path.starts_with(super::hls::HLS_PREFIX) {
+        let query = req.uri().query().unwrap_or("").to_owned();
+        return super::hls::serve_session(service.clone(), &path, &query)
+            .await
+            .unwrap_or_else(|e| error_response(&e, &rid));
     }
     let operation = if path == "/putMedia" {
         "PutMedia"
-    } else if let Some(op) = playback_operation(&path) {
+    } else if let Some(op) = playback_operation(&path).or_else(|| super::hls::operation(&path)) {
         op
     } else {
         match Operation::from_path(&path) {
@@ -450,6 +464,27 @@ async fn handle(
         };
         log.finish(&service.registry, status, error);
         return result.unwrap_or_else(|e| error_response(&e, &rid));
+    }
+
+    if super::hls::operation(&path).is_some() {
+        let result = control::parse_body(control_body.as_deref().unwrap_or_default());
+        let result = match result {
+            Ok(b) => {
+                log.stream = control::stream_of(&b);
+                super::hls::handle(service.clone(), operation, b).await
+            }
+            Err(e) => Err(e),
+        };
+        return match result {
+            Ok(resp) => {
+                log.finish(&service.registry, 200, None);
+                resp
+            }
+            Err(e) => {
+                log.finish(&service.registry, e.status, Some(&e.error_type));
+                error_response(&e, &rid)
+            }
+        };
     }
 
     let op = Operation::from_path(&path).expect("checked above");
