@@ -22,6 +22,7 @@ pub mod iot;
 pub mod putmedia;
 mod sdk_http;
 mod session;
+pub mod stats;
 pub mod transport;
 
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
@@ -37,6 +38,7 @@ use crate::store::{Dropped, FragmentStore, StorePiece};
 use backoff::Backoff;
 use control::{ControlConfig, ControlError, ControlPlane, StreamSpec};
 use credentials::KvsCredentials;
+use stats::{PieceNote, UploadStats};
 
 /// The runtime every kvssink in the process shares: two named worker threads.
 pub static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
@@ -121,11 +123,23 @@ pub(crate) struct Shared {
     space: Condvar,
     finish_deadline: Mutex<Option<Instant>>,
     cancel: CancellationToken,
+    stats: Arc<UploadStats>,
 }
 
 impl Shared {
     fn store(&self) -> MutexGuard<'_, FragmentStore> {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a PERSISTED ACK (or a final RECEIVED one) in the store and, the first time, in
+    /// the statistics. Returns whether the store knew the fragment.
+    fn persisted(&self, store: &mut FragmentStore, timecode: u64) -> bool {
+        let before = store.persisted_count();
+        let known = store.on_persisted(timecode);
+        if store.persisted_count() > before {
+            self.stats.persisted(timecode);
+        }
+        known
     }
 
     fn finish_deadline(&self) -> Option<Instant> {
@@ -152,12 +166,14 @@ pub struct Uploader {
 }
 
 impl Uploader {
-    /// Starts the task. `dispatch` receives the task's `tracing` events (see `logging`).
+    /// Starts the task. `dispatch` receives the task's `tracing` events (see `logging`); `stats`
+    /// what it puts, sends and gets confirmed.
     pub fn start(
         config: UploadConfig,
         store: FragmentStore,
         events: EventSink,
         dispatch: tracing::Dispatch,
+        stats: Arc<UploadStats>,
     ) -> Self {
         let shared = Arc::new(Shared {
             store: Mutex::new(store),
@@ -165,6 +181,7 @@ impl Uploader {
             space: Condvar::new(),
             finish_deadline: Mutex::new(None),
             cancel: CancellationToken::new(),
+            stats,
         });
         let task = RUNTIME.spawn(
             run(shared.clone(), config, events)
@@ -183,10 +200,13 @@ impl Uploader {
     pub fn put(&self, piece: StorePiece) -> Vec<Dropped> {
         let dropped = {
             let mut store = self.shared.store();
-            match store.put(piece) {
+            let note = PieceNote::of(&piece);
+            let dropped = match store.put(piece) {
                 Ok(d) => d,
                 Err(p) => store.put_over_budget(p),
-            }
+            };
+            self.shared.stats.put(note);
+            dropped
         };
         self.shared.data.notify_one();
         dropped
@@ -201,9 +221,11 @@ impl Uploader {
     ) -> Result<Vec<Dropped>, Cancelled> {
         let mut store = self.shared.store();
         let mut piece = piece;
+        let note = PieceNote::of(&piece);
         loop {
             match store.put(piece) {
                 Ok(dropped) => {
+                    self.shared.stats.put(note);
                     drop(store);
                     self.shared.data.notify_one();
                     return Ok(dropped);
