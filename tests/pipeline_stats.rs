@@ -100,7 +100,7 @@ impl Reader {
                     return Err(format!("unexpected {st}"));
                 }
                 if let Some(prev) = &previous {
-                    for c in COUNTERS {
+                    for &c in COUNTERS {
                         let (a, b) = (prev.get::<u64>(c), st.get::<u64>(c));
                         if let (Ok(a), Ok(b)) = (a, b)
                             && b < a

@@ -621,7 +621,6 @@ impl KvsSink {
             UploadEvent::Dropped(d) => self.report_drop(&d),
             UploadEvent::Retrying { error, delay } => {
                 gst::warning!(CAT, imp = self, "{}; retrying in {:?}", error, delay);
-                self.stats.upload.retrying(&error);
             }
             UploadEvent::Connected { endpoint } => {
                 gst::info!(CAT, imp = self, "Streaming to {}", endpoint);

@@ -323,14 +323,19 @@ impl Drop for Uploader {
 /// Sleeps `delay`, ending early on cancel or when the finish deadline passes.
 /// Returns false when the task must end.
 /// Reports `error` as retried after the next backoff delay and waits that long; false when the
-/// uploader must stop instead (cancelled, or the finish deadline passed).
+/// uploader must stop instead (cancelled, or the finish deadline passed). A `wait` (a new
+/// stream becoming ACTIVE) is no error for the statistics.
 async fn back_off(
     backoff: &mut Backoff,
     shared: &Shared,
     events: &EventSink,
     why: &str,
     error: String,
+    wait: bool,
 ) -> bool {
+    if !wait {
+        shared.stats.retrying(&error);
+    }
     let delay = backoff.next_delay();
     tracing::warn!(%error, ?delay, "{why}, retrying");
     events(UploadEvent::Retrying { error, delay });
@@ -442,7 +447,7 @@ async fn run(shared: Arc<Shared>, config: UploadConfig, events: EventSink) {
                 return;
             }
             let why = "getting credentials failed";
-            if !back_off(&mut backoff, &shared, &events, why, e.to_string()).await {
+            if !back_off(&mut backoff, &shared, &events, why, e.to_string(), false).await {
                 return;
             }
             continue;
@@ -475,7 +480,9 @@ async fn run(shared: Arc<Shared>, config: UploadConfig, events: EventSink) {
                     {
                         config.credentials.invalidate();
                         let why = "the credentials expired, fetching new ones";
-                        if !back_off(&mut backoff, &shared, &events, why, e.to_string()).await {
+                        if !back_off(&mut backoff, &shared, &events, why, e.to_string(), false)
+                            .await
+                        {
                             return;
                         }
                         continue;
@@ -502,7 +509,9 @@ async fn run(shared: Arc<Shared>, config: UploadConfig, events: EventSink) {
                     }
                     Err(e) => {
                         let why = "control plane call failed";
-                        if !back_off(&mut backoff, &shared, &events, why, e.to_string()).await {
+                        let wait = matches!(e, ControlError::StreamNotActive(..));
+                        if !back_off(&mut backoff, &shared, &events, why, e.to_string(), wait).await
+                        {
                             return;
                         }
                         continue;
@@ -549,6 +558,7 @@ async fn run(shared: Arc<Shared>, config: UploadConfig, events: EventSink) {
                 } else if failure.invalidate_endpoint {
                     endpoint = None;
                 }
+                shared.stats.retrying(&failure.message);
                 let delay = backoff.next_delay();
                 tracing::warn!(error = %failure.message, ?delay, "PutMedia session ended, reconnecting");
                 events(UploadEvent::Retrying {
