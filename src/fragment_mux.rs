@@ -476,11 +476,11 @@ impl StreamMuxer {
     fn drain(&mut self) {
         let now = self.timeline.now_ns();
         while let Some((_, f)) = self.interleaver.pop(now) {
-            self.to_fragmenter(f);
+            self.fragment_frame(f);
         }
     }
 
-    fn to_fragmenter(&mut self, f: Frame) {
+    fn fragment_frame(&mut self, f: Frame) {
         let track = f.track;
         self.fragmenter.push(f, &mut self.out);
         self.settle_fragmenter_drops(Some(track));
@@ -643,7 +643,7 @@ impl StreamMuxer {
     /// fragment closed with the end-of-fragment tag.
     pub fn finish(&mut self) {
         while let Some((_, f)) = self.interleaver.pop_any() {
-            self.to_fragmenter(f);
+            self.fragment_frame(f);
         }
         self.fragmenter.finish(&mut self.out);
         self.settle_fragmenter_drops(None);
@@ -654,7 +654,7 @@ impl StreamMuxer {
     /// next fragment starts at a video key frame. Returns whether a fragment was closed.
     pub fn close_for_pause(&mut self) -> bool {
         while let Some((_, f)) = self.interleaver.pop_any() {
-            self.to_fragmenter(f);
+            self.fragment_frame(f);
         }
         let was_open = self.fragmenter.has_open_fragment();
         self.fragmenter.close(&mut self.out);
