@@ -2,8 +2,9 @@
 //! changes, mapped onto the core (media path in [`super::stream`], uploader in
 //! [`crate::upload`]).
 //!
-//! Locks, in the only order they are ever taken: `state` → `push_lock` → the uploader's own.
-//! `settings` is never held together with another lock. Streaming threads never wait on the
+//! Locks, in the only order they are ever taken: `state` → `push_lock` → the uploader's own →
+//! the statistics' (leaves, held for a few field updates; see [`super::stats`]). `settings` is
+//! never held together with another lock. Streaming threads never wait on the
 //! network with `state` held. They wait in two places, both ended by flush, a state change to
 //! READY, pad release and a fatal upload error:
 //! - a full store in offline mode: holds `push_lock` (which keeps fragments in order);
