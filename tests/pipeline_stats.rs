@@ -488,3 +488,57 @@ fn file_upload_example_prints_a_progress_line_per_fragment_when_not_on_a_termina
     }
     assert!(previous.0 >= 99.0, "the last line says done: {}", lines[9]);
 }
+
+/// The camera example prints a status line from `stats` every `--status-interval` seconds.
+#[test]
+fn camera_example_prints_status_lines_from_stats() {
+    let ep = endpoint();
+    let out = Example::run(
+        "camera",
+        &[
+            "--test-sources",
+            "--no-audio",
+            "--stream",
+            "cam-status",
+            "--width",
+            "320",
+            "--height",
+            "240",
+            "--framerate",
+            "15",
+            "--bitrate",
+            "300",
+            "--duration",
+            "4.5",
+            "--status-interval",
+            "1",
+        ],
+        &ep,
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", out.stderr);
+    let lines: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("status cam-status: "))
+        .collect();
+    assert!(lines.len() >= 3, "{}", out.stdout);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(": streaming | frames video_0=")),
+        "{lines:?}"
+    );
+    for l in &lines {
+        for part in [
+            "fragments ",
+            "buffered ",
+            "uplink ",
+            "latency frame ",
+            "reconnects 0",
+            "last error: none",
+        ] {
+            assert!(l.contains(part), "{part} in {l}");
+        }
+    }
+}
