@@ -243,7 +243,7 @@ pub fn status_line(name: &str, s: &gst::StructureRef) -> String {
         .collect();
     let error = s.get::<String>("last-error").unwrap_or_default();
     format!(
-        "status {name}: {} | frames {} | fragments {} persisted, {} dropped | buffered {:.1} s, {} KiB ({:.1}% of storage) | uplink {:.2} Mbit/s | latency frame {:.0}/{:.0} ms, persist {:.0}/{:.0} ms (p50/p99) | reconnects {} | last error: {}",
+        "status {name}: {} | frames {} | fragments {} persisted, {} dropped | buffered {:.1} s, {} KiB ({:.1}% of storage) | uplink {:.2} Mbit/s | latency frame {:.1}/{:.1} ms, persist {:.1}/{:.1} ms (p50/p99) | reconnects {} | last error: {}",
         s.get::<String>("state").unwrap_or_default(),
         pads.join(" "),
         n("fragments-persisted"),
