@@ -724,6 +724,8 @@ impl KvsSink {
                 state.gave_up_on = None;
                 if let Some(stream) = state.stream.as_mut() {
                     self.in_core(|| stream.muxer.flush());
+                    // The stream goes on after a flush, also one that followed EOS.
+                    self.stats.running();
                 }
                 self.core_changed(&state);
                 self.flushing.store(false, Ordering::SeqCst);
@@ -1544,12 +1546,15 @@ impl ElementImpl for KvsSink {
         // Out of the state first: a streaming thread waiting on this pad or for it leaves its
         // wait (deactivation below waits for it), and the other tracks stop waiting for it.
         let mut state = lock(&self.state);
-        let track = state
+        let removed = state
             .pads
             .iter()
             .position(|p| &p.pad == pad)
-            .and_then(|i| state.pads.remove(i).track);
-        self.end_track(state, track);
+            .map(|i| state.pads.remove(i));
+        if let Some(p) = &removed {
+            self.stats.forget_track(&p.stats);
+        }
+        self.end_track(state, removed.and_then(|p| p.track));
         let _ = pad.set_active(false);
         let _ = self.obj().remove_pad(pad);
     }

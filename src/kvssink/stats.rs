@@ -2,9 +2,9 @@
 //! structure under another name), built from one [`Stats`] per element.
 //!
 //! [`Stats`] lives as long as the element, so its counters never go back, also across stops
-//! and starts. The streaming threads (frames per pad, the stream's phase) and the uploader
-//! ([`UploadStats`], through its events) write it; any thread reads it with
-//! [`Stats::structure`], which copies values and never waits for the stream.
+//! and starts. The element (frames per pad, the stream's phase, the uploader's events) and the
+//! uploader itself ([`UploadStats`]) write it; any thread reads it with [`Stats::structure`],
+//! which copies values and never waits for the stream.
 
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -67,7 +67,7 @@ impl TrackStats {
 pub(crate) struct Stats {
     phase: AtomicU8,
     pub(crate) upload: Arc<UploadStats>,
-    /// Every pad the element had, in the order they were requested.
+    /// The element's pads, in the order they were requested.
     tracks: Mutex<Vec<Arc<TrackStats>>>,
     fragments_dropped: AtomicU64,
 }
@@ -107,6 +107,14 @@ impl Stats {
         t
     }
 
+    /// A released pad's counters go away with it.
+    pub(crate) fn forget_track(&self, track: &Arc<TrackStats>) {
+        self.tracks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|t| !Arc::ptr_eq(t, track));
+    }
+
     /// READY→PAUSED: a stream starts (timecode scale in ms, `storage-size` in bytes).
     pub(crate) fn start_stream(&self, scale_ms: u64, storage_bytes: u64) {
         for t in self.tracks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
@@ -114,6 +122,13 @@ impl Stats {
         }
         self.upload.start_stream(scale_ms, storage_bytes);
         self.set(Phase::Running);
+    }
+
+    /// The stream goes on (after a flush); an error stays the state.
+    pub(crate) fn running(&self) {
+        if self.phase() != Phase::Error {
+            self.set(Phase::Running);
+        }
     }
 
     /// EOS or a stop: what was accepted is being confirmed.
@@ -261,5 +276,10 @@ mod tests {
         assert_eq!(st.get::<u64>("video_0-frames-dropped").unwrap(), 3);
         assert_eq!(st.name(), "kvssink-stats");
         assert_eq!(st.get::<String>("stream-name").unwrap(), "x");
+        s.forget_track(&v);
+        assert!(
+            !s.structure("kvssink-stats", "x")
+                .has_field("video_0-frames-in")
+        );
     }
 }
