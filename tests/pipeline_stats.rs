@@ -76,7 +76,7 @@ fn state(s: &gst::StructureRef) -> String {
 
 /// Reads `stats` on its own thread until stopped, checking every read: a valid state, and no
 /// counter going back. Keeps a sample at most every `keep_every`; pauses `pause` between reads
-/// (none: as fast as it can).
+/// (none: only yields).
 struct Reader {
     sink: gst::Element,
     stop: Arc<AtomicBool>,
@@ -215,18 +215,19 @@ fn assert_exactly_once(ep: &LocalEndpoint, name: &str, run: &Run) {
     );
 }
 
-/// A live upload while another thread reads `stats` as fast as it can: every read is valid and
-/// no counter goes back; the counters grow during the run and end at what arrived; the stream
-/// was never held up.
+/// A live upload while another thread reads `stats` in a loop (thousands of reads a second):
+/// every read is valid and no counter goes back; the counters grow during the run and end at
+/// what arrived; the stream was never held up.
 #[test]
 fn stats_read_in_a_loop_during_a_live_upload_grow_and_never_hold_the_stream() {
     let ep = endpoint();
     let name = "stats-live";
+    // Not a busy loop: the machine running the tests is shared.
     let o = observe(
         &ep,
         &video(8, "", name),
         Duration::from_secs(60),
-        None,
+        Some(Duration::from_micros(200)),
         Duration::from_millis(50),
     );
     assert_exactly_once(&ep, name, &o.run);
