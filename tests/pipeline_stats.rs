@@ -378,17 +378,31 @@ fn stats_show_an_error_ack_and_the_reconnect() {
 }
 
 /// `get-kvs-metrics=true`: a `kvssink-metrics` message per video key frame, with the fields of
-/// `stats`, `fragments-persisted` and `bytes-sent` growing. Without it: none.
+/// `stats`, `fragments-persisted` and `bytes-sent` growing; the `stream-client-metric` signal
+/// is never emitted (its C++ payload is not reproduced). Without it: no message.
 #[test]
 fn get_kvs_metrics_posts_metrics_messages_only_when_set() {
     let ep = endpoint();
+    let emitted = Arc::new(AtomicU64::new(0));
+    let e = emitted.clone();
     let r = run(
         &ep,
         &video(5, "get-kvs-metrics=true", "metrics-on"),
         Duration::from_secs(60),
-        RunOptions::default(),
+        RunOptions {
+            on_created: Some(Box::new(move |p: &gst::Pipeline| {
+                p.by_name("sink")
+                    .unwrap()
+                    .connect("stream-client-metric", false, move |_| {
+                        e.fetch_add(1, Ordering::SeqCst);
+                        None
+                    });
+            })),
+            ..Default::default()
+        },
     );
     assert!(r.errors.is_empty() && r.eos, "{:?}", r.errors);
+    assert_eq!(emitted.load(Ordering::SeqCst), 0, "stream-client-metric");
     // A key frame every 15 frames: 10 in 5 s.
     assert!(
         (9..=11).contains(&r.metrics.len()),
