@@ -12,6 +12,8 @@
 //! - the `stream-error` signal (a non-recoverable error, with the SDK's STATUS code),
 //! - bus messages: `kvssink-fragment-ack`, `kvssink-fragment-dropped`, warnings, errors and EOS.
 //!
+//! Every few seconds it prints a one-line status of the stream from kvssink's `stats` property.
+//!
 //! Ctrl-C (or `--duration`) ends the stream with EOS: kvssink uploads the last fragment and posts
 //! EOS once it is persisted. Credentials and endpoint come from the environment as for any kvssink
 //! pipeline (`AWS_ACCESS_KEY_ID`, …; the local endpoint prints the `export` lines to use).
@@ -44,6 +46,7 @@ Options:
   --no-audio             video only
   --region REGION        aws-region (AWS_DEFAULT_REGION overrides it)
   --duration SECONDS     stop after this long (default: run until Ctrl-C)
+  --status-interval S    print a status line from kvssink's stats every S seconds (default 5, 0 = never)
   --verbose              print every ACK
   -h, --help             this text
 
@@ -70,11 +73,16 @@ fn main() {
     let no_audio = args.flag("no-audio");
     let region: Option<String> = args.opt("region");
     let duration: Option<f64> = args.opt("duration");
+    let status_interval: f64 = args.value("status-interval", 5.0);
     let verbose = args.flag("verbose");
     args.finish();
     if width < 16 || height < 16 || fps == 0 || bitrate == 0 {
         args.fail("width and height must be at least 16, framerate and bitrate above 0");
     }
+    if !status_interval.is_finite() || status_interval < 0.0 {
+        args.fail("--status-interval is a number of seconds, 0 or more");
+    }
+    let status_interval = (status_interval > 0.0).then(|| Duration::from_secs_f64(status_interval));
 
     support::init();
     support::catch_interrupt();
@@ -173,7 +181,13 @@ fn main() {
     // After EOS is sent: kvssink waits at most stop-stream-timeout for the last ACK.
     let eos_wait = Duration::from_secs(u64::from(sink.property::<u32>("stop-stream-timeout")) + 10);
     let mut eos_sent: Option<Instant> = None;
+    let mut last_status = Instant::now();
     let ok = loop {
+        if status_interval.is_some_and(|i| last_status.elapsed() >= i) {
+            last_status = Instant::now();
+            let stats = sink.property::<gst::Structure>("stats");
+            println!("{}", support::status_line(&stream, &stats));
+        }
         let stop_now = interrupted_or_done(started, duration);
         if stop_now && eos_sent.is_none() {
             println!("stopping: sending EOS");

@@ -10,12 +10,17 @@
 //! fragments are accepted (backpressure instead of dropping). `parsebin` finds the container and
 //! the codecs, so the same code takes MP4/MOV and Matroska/WebM files.
 //!
+//! Progress comes from kvssink's `stats` property: on a terminal one line redrawn in place
+//! (media persisted of the file's duration, rate, ETA); otherwise a plain `progress:` line per
+//! persisted fragment, for logs and scripts.
+//!
 //! The exit status is 0 only when every fragment (one per key frame) was PERSISTED by the
 //! service; 1 otherwise (error, dropped or unconfirmed fragments), 2 for bad arguments.
 
 #[path = "support/mod.rs"]
 mod support;
 
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +41,9 @@ Options:
   --timeout SECONDS      give up after this long (default 3600)
   --verbose              print every PERSISTED fragment
   -h, --help             this text
+
+Progress: on a terminal one line, redrawn; otherwise one line per persisted fragment:
+  progress: fragments=N persisted-ms=MS total-ms=MS percent=P% bytes-sent=B rate-bps=BPS eta=Ss
 
 Exit status: 0 when every fragment was persisted, 1 otherwise, 2 for bad arguments.
 ";
@@ -58,12 +66,13 @@ fn main() {
     let stream = stream.unwrap_or_else(|| stream_name_from(path));
 
     support::init();
+    let total = file_duration(path);
     let start_time = start_time.unwrap_or_else(|| {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        now.saturating_sub(file_duration(path).map_or(0, |d| d.as_secs() + 1))
+        now.saturating_sub(total.map_or(0, |d| d.as_secs() + 1))
     });
     println!("uploading {file} to '{stream}', file-start-time {start_time}");
 
@@ -140,19 +149,29 @@ fn main() {
     let started = Instant::now();
     let bus = pipeline.bus().unwrap();
     let mut fragments = support::Fragments::default();
+    let mut progress = Progress::new(total, std::io::stdout().is_terminal());
     let mut problems = Vec::new();
     let mut eos = false;
     while started.elapsed() < timeout {
-        let left = timeout.saturating_sub(started.elapsed());
+        let left = timeout
+            .saturating_sub(started.elapsed())
+            .min(Progress::REDRAW);
         let Some(msg) = bus.timed_pop(gst::ClockTime::from_nseconds(left.as_nanos() as u64)) else {
-            break;
+            progress.tick(&sink.property::<gst::Structure>("stats"));
+            continue;
         };
         let before = fragments.persisted.len();
         if let Some(line) = fragments.on_message(&msg) {
+            progress.clear();
             eprintln!("{line}");
         }
-        if verbose && fragments.persisted.len() > before {
-            println!("persisted fragment {}", fragments.persisted.last().unwrap());
+        if fragments.persisted.len() > before {
+            if verbose {
+                progress.clear();
+                println!("persisted fragment {}", fragments.persisted.last().unwrap());
+            }
+            let stats = sink.property::<gst::Structure>("stats");
+            progress.fragment(fragments.persisted.len(), &stats);
         }
         match msg.view() {
             gst::MessageView::Eos(_) => {
@@ -169,6 +188,7 @@ fn main() {
             }
             gst::MessageView::Warning(w) => {
                 let line = format!("warning: {}", w.error());
+                progress.clear();
                 eprintln!("{line}");
                 // kvssink warns about fragments it could not confirm or had to drop.
                 if msg
@@ -181,6 +201,8 @@ fn main() {
             _ => {}
         }
     }
+    progress.tick(&sink.property::<gst::Structure>("stats"));
+    progress.clear();
     let _ = pipeline.set_state(gst::State::Null);
 
     let expected = key_frames.load(Ordering::Relaxed) as usize;
@@ -205,6 +227,114 @@ fn main() {
         eprintln!("{p}");
     }
     std::process::exit(if problems.is_empty() { 0 } else { 1 });
+}
+
+/// Upload progress from kvssink's `stats`: persisted media of the file's duration, rate, ETA.
+struct Progress {
+    total: Option<Duration>,
+    started: Instant,
+    terminal: bool,
+    /// A terminal line is drawn and not ended yet.
+    drawn: bool,
+}
+
+impl Progress {
+    /// How often the terminal line is redrawn.
+    const REDRAW: Duration = Duration::from_millis(250);
+
+    fn new(total: Option<Duration>, terminal: bool) -> Self {
+        Self {
+            total: total.filter(|t| !t.is_zero()),
+            started: Instant::now(),
+            terminal,
+            drawn: false,
+        }
+    }
+
+    /// A fragment was persisted (`fragments` so far).
+    fn fragment(&mut self, fragments: usize, stats: &gst::StructureRef) {
+        if self.terminal {
+            self.tick(stats);
+            return;
+        }
+        let n = |f: &str| stats.get::<u64>(f).unwrap_or(0);
+        let persisted_ms = n("persisted-duration-ms");
+        let mut line = format!("progress: fragments={fragments} persisted-ms={persisted_ms}");
+        if let Some(total) = self.total {
+            let total_ms = total.as_millis() as u64;
+            let percent = (persisted_ms as f64 * 100.0 / total_ms as f64).min(100.0);
+            line.push_str(&format!(" total-ms={total_ms} percent={percent:.1}%"));
+        }
+        line.push_str(&format!(
+            " bytes-sent={} rate-bps={}",
+            n("bytes-sent"),
+            n("uplink-bitrate-bps")
+        ));
+        if let Some(eta) = self.eta(persisted_ms) {
+            line.push_str(&format!(" eta={}s", eta.as_secs()));
+        }
+        println!("{line}");
+    }
+
+    /// Redraws the terminal line.
+    fn tick(&mut self, stats: &gst::StructureRef) {
+        if !self.terminal {
+            return;
+        }
+        let n = |f: &str| stats.get::<u64>(f).unwrap_or(0);
+        let persisted = Duration::from_millis(n("persisted-duration-ms"));
+        let rate = format!("{:.2} Mbit/s", n("uplink-bitrate-bps") as f64 / 1e6);
+        let eta = self
+            .eta(persisted.as_millis() as u64)
+            .map_or("?".to_owned(), clock);
+        let line = match self.total {
+            Some(total) => {
+                let part = (persisted.as_secs_f64() / total.as_secs_f64()).min(1.0);
+                let filled = (part * 30.0).round() as usize;
+                format!(
+                    "[{}{}] {:5.1}% {} of {} persisted, {rate}, ETA {eta}",
+                    "#".repeat(filled),
+                    "-".repeat(30 - filled),
+                    part * 100.0,
+                    clock(persisted),
+                    clock(total)
+                )
+            }
+            None => format!(
+                "{} persisted, {} fragments, {rate}",
+                clock(persisted),
+                n("fragments-persisted")
+            ),
+        };
+        print!("\r{line}\x1b[K");
+        let _ = std::io::stdout().flush();
+        self.drawn = true;
+    }
+
+    /// Ends the terminal line, so that other output starts on its own line.
+    fn clear(&mut self) {
+        if self.drawn {
+            println!();
+            self.drawn = false;
+        }
+    }
+
+    /// Time left at the media rate so far.
+    fn eta(&self, persisted_ms: u64) -> Option<Duration> {
+        let total_ms = self.total?.as_millis() as u64;
+        if persisted_ms == 0 {
+            return None;
+        }
+        let left = total_ms.saturating_sub(persisted_ms) as f64;
+        let speed = persisted_ms as f64 / self.started.elapsed().as_millis().max(1) as f64;
+        Some(Duration::from_millis((left / speed) as u64))
+    }
+}
+
+/// `m:ss`.
+fn clock(d: Duration) -> String {
+    let s = d.as_secs();
+    format!("{}:{:02}", s / 60, s % 60)
 }
 
 /// A valid stream name (`a-z A-Z 0-9 _ . -`, at most 256) from the file name.

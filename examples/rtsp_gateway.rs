@@ -14,6 +14,8 @@
 //! (with a gap in time). The other cameras do not notice. The video (H.264 or H.265) is uploaded;
 //! other streams of the camera are left unlinked.
 //!
+//! Every few seconds it prints a one-line status per stream from its kvssink's `stats` property.
+//!
 //! Ctrl-C (or `--duration`) ends every stream with EOS and exits once each kvssink has posted EOS
 //! (the last fragments persisted).
 
@@ -41,6 +43,7 @@ Options:
   --stall-timeout S      reconnect a camera that sent no video for S seconds (default 10)
   --max-backoff S        longest wait between reconnection attempts (default 30; first 1)
   --duration SECONDS     stop after this long (default: run until Ctrl-C)
+  --status-interval S    print a status line per stream every S seconds (default 5, 0 = never)
   -h, --help             this text
 
 Exit status: 0 when every stream ended cleanly, 1 when a kvssink failed.
@@ -89,7 +92,12 @@ fn main() {
         max_backoff: Duration::from_secs_f64(args.value("max-backoff", 30.0f64)),
     };
     let duration: Option<f64> = args.opt("duration");
+    let status_interval: f64 = args.value("status-interval", 5.0);
     args.finish();
+    if !status_interval.is_finite() || status_interval < 0.0 {
+        args.fail("--status-interval is a number of seconds, 0 or more");
+    }
+    let status_interval = (status_interval > 0.0).then(|| Duration::from_secs_f64(status_interval));
     if cameras_arg.is_empty() {
         args.fail("at least one --camera NAME=URL is needed");
     }
@@ -165,11 +173,21 @@ fn main() {
         println!("{}: streaming {}", cam.name, cam.url);
     }
 
-    // Once a second: stalled cameras, Ctrl-C, --duration.
+    // Five times a second: stalled cameras, Ctrl-C, --duration, the status lines.
     let stop_requested = Rc::new(RefCell::new(None::<Instant>));
     {
         let (cameras, opts, main_loop) = (cameras.clone(), opts.clone(), main_loop.clone());
+        let mut last_status = Instant::now();
         glib::timeout_add_local(Duration::from_millis(200), move || {
+            if status_interval.is_some_and(|i| last_status.elapsed() >= i) {
+                last_status = Instant::now();
+                for cam in cameras.borrow().iter() {
+                    if let Some(sink) = cam.sink_pad.parent_element() {
+                        let stats = sink.property::<gst::Structure>("stats");
+                        println!("{}", support::status_line(&cam.name, &stats));
+                    }
+                }
+            }
             let stop = support::interrupted()
                 || duration.is_some_and(|d| epoch.elapsed().as_secs_f64() >= d);
             let mut stopping_since = stop_requested.borrow_mut();

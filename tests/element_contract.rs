@@ -56,6 +56,16 @@ fn assert_properties_match(ours: &[InspectProperty]) {
         39,
         "the reference lists 39 element properties"
     );
+    // One documented addition: the read-only `stats` structure.
+    let (added, ours): (Vec<_>, Vec<_>) = ours.iter().cloned().partition(|p| p.name == "stats");
+    assert_eq!(added.len(), 1, "the stats property");
+    assert_eq!(added[0].flags, "readable");
+    assert!(
+        added[0].type_line.contains("GstStructure"),
+        "{}",
+        added[0].type_line
+    );
+    let ours = &ours[..];
     let names = |v: &[InspectProperty]| v.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
     assert_eq!(names(ours), names(&reference));
     for (r, o) in reference.iter().zip(ours) {

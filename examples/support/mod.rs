@@ -224,3 +224,39 @@ pub fn aac_encoder() -> &'static str {
         "avenc_aac"
     }
 }
+
+/// kvssink's `stats` in one line for a person: state, frames per pad, fragments, what waits to
+/// be confirmed, the uplink rate, latencies, reconnects and the last error.
+pub fn status_line(name: &str, s: &gst::StructureRef) -> String {
+    let n = |f: &str| s.get::<u64>(f).unwrap_or(0);
+    let ms = |f: &str| s.get::<f64>(f).unwrap_or(0.0);
+    let pads: Vec<String> = s
+        .fields()
+        .filter_map(|f| f.as_str().strip_suffix("-frames-in").map(str::to_owned))
+        .map(|p| {
+            format!(
+                "{p}={} ({} dropped)",
+                n(&format!("{p}-frames-in")),
+                n(&format!("{p}-frames-dropped"))
+            )
+        })
+        .collect();
+    let error = s.get::<String>("last-error").unwrap_or_default();
+    format!(
+        "status {name}: {} | frames {} | fragments {} persisted, {} dropped | buffered {:.1} s, {} KiB ({:.1}% of storage) | uplink {:.2} Mbit/s | latency frame {:.1}/{:.1} ms, persist {:.1}/{:.1} ms (p50/p99) | reconnects {} | last error: {}",
+        s.get::<String>("state").unwrap_or_default(),
+        pads.join(" "),
+        n("fragments-persisted"),
+        n("fragments-dropped"),
+        n("buffered-duration-ms") as f64 / 1000.0,
+        n("buffered-bytes") / 1024,
+        s.get::<f64>("storage-used-percent").unwrap_or(0.0),
+        n("uplink-bitrate-bps") as f64 / 1e6,
+        ms("frame-latency-ms-p50"),
+        ms("frame-latency-ms-p99"),
+        ms("persist-latency-ms-p50"),
+        ms("persist-latency-ms-p99"),
+        n("reconnects"),
+        if error.is_empty() { "none" } else { &error }
+    )
+}

@@ -2,8 +2,9 @@
 //! changes, mapped onto the core (media path in [`super::stream`], uploader in
 //! [`crate::upload`]).
 //!
-//! Locks, in the only order they are ever taken: `state` → `push_lock` → the uploader's own.
-//! `settings` is never held together with another lock. Streaming threads never wait on the
+//! Locks, in the only order they are ever taken: `state` → `push_lock` → the uploader's own →
+//! the statistics' (leaves, held for a few field updates; see [`super::stats`]). `settings` is
+//! never held together with another lock. Streaming threads never wait on the
 //! network with `state` held. They wait in two places, both ended by flush, a state change to
 //! READY, pad release and a fatal upload error:
 //! - a full store in offline mode: holds `push_lock` (which keeps fragments in order);
@@ -16,7 +17,7 @@
 //! gets clock-bounded interleaving (latency + [`LIVE_MARGIN`]) driven by a [`Ticker`]; a non-live
 //! one gets back-pressure. See [`crate::media::interleave`].
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, OnceLock};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
@@ -29,6 +30,7 @@ use gst::subclass::prelude::*;
 use super::StreamingType;
 use super::fragment_ack::{AckType, FragmentAck, RESULT_OK};
 use super::settings::{self, Settings};
+use super::stats::{Stats, TrackStats};
 use super::stream::{Prepared, Stream};
 use super::ticker::Ticker;
 use crate::logging::{CAT, LogConfig};
@@ -36,7 +38,7 @@ use crate::media::codec::TrackType;
 use crate::media::interleave::Wait;
 use crate::media::muxer::FrameIn;
 use crate::upload::ack::AckEvent;
-use crate::upload::store::Dropped;
+use crate::upload::store::{Dropped, StorePiece};
 use crate::upload::{UploadEvent, Uploader};
 
 /// Stopping without EOS gives the upload at most this long to confirm what it has.
@@ -70,6 +72,7 @@ struct SinkPad {
     thread: Option<ThreadId>,
     /// From the upstream latency query at the first buffer: live, minimum latency.
     upstream: Option<(bool, gst::ClockTime)>,
+    stats: Arc<TrackStats>,
 }
 
 #[derive(Default)]
@@ -145,7 +148,9 @@ pub struct KvsSink {
     /// The uploader of the running stream, reachable without `state` (to unblock it).
     uploader: Mutex<Option<Arc<Uploader>>>,
     dispatch: OnceLock<tracing::Dispatch>,
-    dropped_fragments: AtomicU64,
+    /// `get-kvs-metrics`, readable without `settings`.
+    post_metrics: AtomicBool,
+    stats: Arc<Stats>,
 }
 
 /// `value` unless it is a secret that was set.
@@ -203,6 +208,8 @@ impl KvsSink {
         let Some(track) = p.track else {
             return Err(gst::FlowError::Flushing);
         };
+        let key = !flags.contains(gst::BufferFlags::DELTA_UNIT);
+        let metrics = key && p.kind == PadKind::Video && self.post_metrics.load(Ordering::Relaxed);
         p.buffers += 1;
         p.thread = Some(std::thread::current().id());
         let (pts, dts) = if clip {
@@ -216,6 +223,7 @@ impl KvsSink {
         } else {
             (buffer.pts(), buffer.dts())
         };
+        p.stats.frame_in();
         let Some(stream) = state.stream.as_mut() else {
             return Err(gst::FlowError::Flushing);
         };
@@ -223,7 +231,6 @@ impl KvsSink {
             gst::element_imp_error!(self, gst::StreamError::Failed, ("Cannot read a buffer"));
             gst::FlowError::Error
         })?;
-        let key = !flags.contains(gst::BufferFlags::DELTA_UNIT);
         let result = self.in_core(|| {
             stream.muxer.push(
                 track,
@@ -257,8 +264,25 @@ impl KvsSink {
         self.report_media_drops(stream);
         self.core_changed(&state);
         self.push_out(state)?;
+        if metrics {
+            self.post_metrics_message();
+        }
         self.wait_for_slower_pads(pad)?;
         Ok(gst::FlowSuccess::Ok)
+    }
+
+    /// The `stats` structure, named `name`.
+    fn stats_structure(&self, name: &str) -> gst::Structure {
+        let stream_name = lock(&self.settings).stream_name.clone();
+        self.stats.structure(name, &stream_name)
+    }
+
+    /// `get-kvs-metrics=true`: the statistics as a `kvssink-metrics` element message, where the
+    /// reference emits `stream-client-metric`.
+    fn post_metrics_message(&self) {
+        let obj = self.obj();
+        let s = self.stats_structure("kvssink-metrics");
+        let _ = obj.post_message(gst::message::Element::builder(s).src(&*obj).build());
     }
 
     /// At a pad's first buffer: asks its upstream whether it is live and its latency, and sets
@@ -337,7 +361,20 @@ impl KvsSink {
         if let (Some(ticker), Some(stream)) = (&state.ticker, &state.stream) {
             ticker.set(stream.muxer.next_deadline());
         }
+        Self::count_track_drops(state);
         self.progress.notify_all();
+    }
+
+    /// Each pad's frames dropped by the media core, into its counters.
+    fn count_track_drops(state: &State) {
+        let Some(stream) = &state.stream else {
+            return;
+        };
+        for p in &state.pads {
+            if let Some(t) = p.track {
+                p.stats.set_dropped(stream.muxer.track_dropped(t));
+            }
+        }
     }
 
     /// Wakes every wait of a streaming thread in this element (flush, state change, failure).
@@ -466,8 +503,12 @@ impl KvsSink {
         }
         let uploader = stream.uploader(content_type, || self.event_sink());
         let offline = stream.prepared.streaming_type == StreamingType::Offline;
+        // Without video there are no key frames: metrics come with each fragment instead.
+        let metrics = self.post_metrics.load(Ordering::Relaxed)
+            && !state.pads.iter().any(|p| p.kind == PadKind::Video)
+            && pieces.iter().any(|p| matches!(p, StorePiece::Begin(_)));
         *lock(&self.uploader) = Some(uploader.clone());
-        let _order = lock(&self.push_lock);
+        let order = lock(&self.push_lock);
         drop(state);
         for p in pieces {
             let dropped = if offline {
@@ -481,6 +522,10 @@ impl KvsSink {
             for d in dropped {
                 self.report_drop(&d);
             }
+        }
+        drop(order);
+        if metrics {
+            self.post_metrics_message();
         }
         Ok(())
     }
@@ -497,7 +542,7 @@ impl KvsSink {
     }
 
     fn report_drop(&self, d: &Dropped) {
-        let n = self.dropped_fragments.fetch_add(1, Ordering::SeqCst) + 1;
+        let n = self.stats.fragment_dropped(d.timecode);
         let stream_name = lock(&self.settings).stream_name.clone();
         gst::element_imp_warning!(
             self,
@@ -535,6 +580,17 @@ impl KvsSink {
                     AckEvent::Error => AckType::Error,
                     AckEvent::Idle => return,
                 };
+                self.stats.upload.ack();
+                if ack.event == AckEvent::Error {
+                    self.stats.upload.error_ack(&format!(
+                        "ERROR ACK for fragment {}: {} ({})",
+                        ack.timecode
+                            .map(|t| t.to_string())
+                            .unwrap_or_else(|| "?".into()),
+                        ack.error_id.unwrap_or(0),
+                        ack.error_code.as_deref().unwrap_or("")
+                    ));
+                }
                 let c = FragmentAck::new(
                     ack_type,
                     ack.timecode.unwrap_or(0),
@@ -569,8 +625,10 @@ impl KvsSink {
             }
             UploadEvent::Connected { endpoint } => {
                 gst::info!(CAT, imp = self, "Streaming to {}", endpoint);
+                self.stats.upload.connected();
             }
             UploadEvent::Fatal { status, message } => {
+                self.stats.failed(&message);
                 self.failed.store(true, Ordering::SeqCst);
                 self.wake_waiting_pads();
                 obj.emit_by_name::<()>("stream-error", &[&u64::from(status)]);
@@ -582,6 +640,7 @@ impl KvsSink {
                 );
             }
             UploadEvent::Finished { unconfirmed } => {
+                self.stats.finished();
                 if unconfirmed > 0 {
                     gst::element_imp_warning!(
                         self,
@@ -665,6 +724,8 @@ impl KvsSink {
                 state.gave_up_on = None;
                 if let Some(stream) = state.stream.as_mut() {
                     self.in_core(|| stream.muxer.flush());
+                    // The stream goes on after a flush, also one that followed EOS.
+                    self.stats.running();
                 }
                 self.core_changed(&state);
                 self.flushing.store(false, Ordering::SeqCst);
@@ -788,6 +849,7 @@ impl KvsSink {
             return;
         }
         state.eos_started = true;
+        self.stats.stopping();
         let Some(stream) = state.stream.as_mut() else {
             drop(state);
             self.post_eos_once();
@@ -795,6 +857,7 @@ impl KvsSink {
         };
         self.in_core(|| stream.muxer.finish());
         let timeout = stream.prepared.stop_stream_timeout;
+        Self::count_track_drops(&state);
         if self.push_out(state).is_err() {
             return;
         }
@@ -808,7 +871,10 @@ impl KvsSink {
                 );
                 u.finish(Instant::now() + timeout);
             }
-            None => self.post_eos_once(),
+            None => {
+                self.stats.finished();
+                self.post_eos_once();
+            }
         }
     }
 
@@ -902,7 +968,11 @@ impl KvsSink {
         let Some(prepared) = state.prepared.clone() else {
             return;
         };
-        state.stream = Some(Stream::new(prepared));
+        self.stats.start_stream(
+            (prepared.mux.fragmenter.timecode_scale_ns / 1_000_000).max(1),
+            prepared.limits.max_bytes as u64,
+        );
+        state.stream = Some(Stream::new(prepared, self.stats.upload.clone()));
         state.eos_posted = false;
         state.eos_started = false;
         state.gave_up_on = None;
@@ -922,6 +992,7 @@ impl KvsSink {
     fn stop_stream(&self) {
         self.flushing.store(true, Ordering::SeqCst);
         self.release_waits();
+        self.stats.stopping();
         let mut state = lock(&self.state);
         state.ticker = None;
         let eos_started = state.eos_started;
@@ -936,6 +1007,7 @@ impl KvsSink {
             // Realtime push: never blocks, even in offline mode (the store refuses instead).
             let pieces = self.in_core(|| stream.drain()).unwrap_or_default();
             let content_type = state.content_type();
+            Self::count_track_drops(&state);
             if let Some(stream) = state.stream.as_mut() {
                 if !pieces.is_empty() {
                     let uploader = stream.uploader(content_type, || self.event_sink());
@@ -972,6 +1044,7 @@ impl KvsSink {
             }
             u.stop();
         }
+        self.stats.stopped();
     }
 
     fn stop(&self) {
@@ -1074,8 +1147,13 @@ impl ObjectImpl for KvsSink {
                     .build(),
                 boolean("disable-buffer-clipping", "Disable buffer clipping", "Use buffer timestamps as they are instead of converting them to running time and clipping them to the segment; only for sources with broken segments", DEFAULT_DISABLE_BUFFER_CLIPPING),
                 boolean("use-original-pts", "Use original PTS", "Use the buffers' timestamps as epoch times in nanoseconds instead of mapping them to the wall clock; only for sources that produce epoch timestamps", DEFAULT_USE_ORIGINAL_PTS),
-                boolean("get-kvs-metrics", "Get KVS metrics", "Emit stream-client-metric on every key frame", DEFAULT_GET_KVS_METRICS),
+                boolean("get-kvs-metrics", "Get KVS metrics", "Post a kvssink-metrics element message (the fields of stats) on every video key frame; the stream-client-metric signal is not emitted", DEFAULT_GET_KVS_METRICS),
                 boolean("allow-create-stream", "Allow create stream", "Create the stream if it does not exist", DEFAULT_ALLOW_CREATE_STREAM),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb("Upload statistics (kvssink-stats): state, frames per pad, fragments built/sent/persisted/dropped, bytes sent, what is buffered, reconnects, errors, latencies, uplink bitrate; see the README")
+                    .read_only()
+                    .build(),
             ]
         });
         PROPERTIES.as_ref()
@@ -1168,7 +1246,11 @@ impl ObjectImpl for KvsSink {
             }
             "disable-buffer-clipping" => s.disable_buffer_clipping = b(),
             "use-original-pts" => s.use_original_pts = b(),
-            "get-kvs-metrics" => s.get_kvs_metrics = b(),
+            "get-kvs-metrics" => {
+                s.get_kvs_metrics = b();
+                self.post_metrics
+                    .store(s.get_kvs_metrics, Ordering::Relaxed);
+            }
             "allow-create-stream" => s.allow_create_stream = b(),
             other => {
                 gst::warning!(CAT, imp = self, "Unknown property {}", other);
@@ -1195,6 +1277,9 @@ impl ObjectImpl for KvsSink {
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        if pspec.name() == "stats" {
+            return self.stats_structure("kvssink-stats").to_value();
+        }
         let s = lock(&self.settings);
         match pspec.name() {
             "stream-name" => s.stream_name.to_value(),
@@ -1388,6 +1473,7 @@ impl ElementImpl for KvsSink {
             buffers: 0,
             thread: None,
             upstream: None,
+            stats: self.stats.track(&pad_name),
         });
         let index = state.pads.len() - 1;
         self.add_track(&mut state, index);
@@ -1460,12 +1546,15 @@ impl ElementImpl for KvsSink {
         // Out of the state first: a streaming thread waiting on this pad or for it leaves its
         // wait (deactivation below waits for it), and the other tracks stop waiting for it.
         let mut state = lock(&self.state);
-        let track = state
+        let removed = state
             .pads
             .iter()
             .position(|p| &p.pad == pad)
-            .and_then(|i| state.pads.remove(i).track);
-        self.end_track(state, track);
+            .map(|i| state.pads.remove(i));
+        if let Some(p) = &removed {
+            self.stats.forget_track(&p.stats);
+        }
+        self.end_track(state, removed.and_then(|p| p.track));
         let _ = pad.set_active(false);
         let _ = self.obj().remove_pad(pad);
     }

@@ -12,6 +12,7 @@ mod caps;
 mod fragment_ack;
 mod imp;
 pub mod settings;
+mod stats;
 mod stream;
 mod ticker;
 

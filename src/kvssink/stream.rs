@@ -20,6 +20,7 @@ use crate::media::timeline::{SystemClock, TimelineConfig};
 use crate::upload::control::{ControlConfig, StreamSpec, endpoint_from_env};
 use crate::upload::credentials::{CredentialProperties, KvsCredentials, Source};
 use crate::upload::iot::{IotConfig, IotError};
+use crate::upload::stats::UploadStats;
 use crate::upload::store::{FragmentStore, Limits, Mode, StorePiece, StoredFragment};
 use crate::upload::transport::{CaBundle, CaError};
 use crate::upload::{EventSink, UploadConfig, Uploader};
@@ -174,10 +175,11 @@ pub struct Stream {
     pub fragments_out: u64,
     /// Parts of the last fragment: room reserved for the next one in the store, once.
     last_parts: usize,
+    stats: Arc<UploadStats>,
 }
 
 impl Stream {
-    pub fn new(prepared: Prepared) -> Self {
+    pub fn new(prepared: Prepared, stats: Arc<UploadStats>) -> Self {
         let muxer = StreamMuxer::new(prepared.mux.clone(), Box::new(SystemClock));
         Self {
             prepared,
@@ -188,6 +190,7 @@ impl Stream {
             warned_errors: Vec::new(),
             fragments_out: 0,
             last_parts: 0,
+            stats,
         }
     }
 
@@ -262,6 +265,7 @@ impl Stream {
             FragmentStore::new(self.prepared.limits, self.prepared.mode),
             sink,
             dispatch,
+            self.stats.clone(),
         ));
         self.uploader = Some(uploader.clone());
         uploader

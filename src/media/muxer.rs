@@ -196,6 +196,8 @@ struct MuxTrack {
     needs_key: bool,
     eos: bool,
     late_warned: bool,
+    /// Frames of this track dropped for any reason (its share of [`MuxStats::dropped`]).
+    dropped: u64,
     /// Video: the PTS of the last key frame. Frames are interleaved by
     /// `max(DTS, this)`, so that a key frame whose PTS is later than its DTS (B-frames) leaves
     /// only after the other tracks' frames that are presented before it: those belong to the
@@ -220,6 +222,8 @@ pub struct StreamMuxer {
     /// stream: that is not a pause of the source).
     pause_detection: bool,
     stats: MuxStats,
+    /// The fragmenter's drops already given to a track (see [`Self::settle_fragmenter_drops`]).
+    fragmenter_drops_seen: u64,
 }
 
 impl std::fmt::Debug for StreamMuxer {
@@ -254,6 +258,7 @@ impl StreamMuxer {
             usual_gap_ns: 0,
             pause_detection: true,
             stats: MuxStats::default(),
+            fragmenter_drops_seen: 0,
         }
     }
 
@@ -271,6 +276,7 @@ impl StreamMuxer {
             needs_key: false,
             eos: false,
             late_warned: false,
+            dropped: 0,
             order_floor: 0,
         });
         Ok(idx)
@@ -335,14 +341,17 @@ impl StreamMuxer {
         self.stats.frames_in += 1;
         let Some(input) = t.input.as_mut() else {
             self.stats.dropped_invalid += 1;
+            t.dropped += 1;
             return Err(MuxError::NoCaps(track));
         };
         if frame.data.is_empty() {
             self.stats.dropped_invalid += 1;
+            t.dropped += 1;
             return Err(MuxError::Empty(track));
         }
         if frame.data.len() > MAX_FRAME_BYTES {
             self.stats.dropped_invalid += 1;
+            t.dropped += 1;
             // Later frames of the GOP refer to it.
             t.needs_key = t.kind == TrackType::Video;
             return Err(MuxError::TooLarge {
@@ -375,6 +384,7 @@ impl StreamMuxer {
                         }
                         if conv.config().is_none() {
                             self.stats.dropped_no_config += 1;
+                            t.dropped += 1;
                             tracing::debug!(
                 target: LOG_TARGET,
                 "track {track}: no SPS/PPS seen yet, frame dropped");
@@ -385,6 +395,7 @@ impl StreamMuxer {
                     Err(source) => {
                         drop(self.arena.take());
                         self.stats.dropped_invalid += 1;
+                        t.dropped += 1;
                         return Err(MuxError::Codec { track, source });
                     }
                 }
@@ -395,6 +406,7 @@ impl StreamMuxer {
                 t.needs_key = false;
             } else {
                 self.stats.dropped_until_key += 1;
+                t.dropped += 1;
                 return Ok(());
             }
         }
@@ -438,6 +450,7 @@ impl StreamMuxer {
         if let Err(late) = pushed {
             self.stats.dropped_late += 1;
             let t = &mut self.tracks[track];
+            t.dropped += 1;
             // Keep a configuration it carried for the next frame.
             if late.item.new_config.is_some() && t.config_to_send.is_none() {
                 t.config_to_send = late.item.new_config;
@@ -467,8 +480,39 @@ impl StreamMuxer {
     fn drain(&mut self) {
         let now = self.timeline.now_ns();
         while let Some((_, f)) = self.interleaver.pop(now) {
-            self.fragmenter.push(f, &mut self.out);
+            self.fragment_frame(f);
         }
+    }
+
+    fn fragment_frame(&mut self, f: Frame) {
+        let track = f.track;
+        self.fragmenter.push(f, &mut self.out);
+        self.settle_fragmenter_drops(Some(track));
+    }
+
+    /// Gives the frames the fragmenter dropped since the last call to `track`: the track of the
+    /// frame it was given, or, for drops at a close or an end (audio queued before the first
+    /// video key frame), the first audio track.
+    fn settle_fragmenter_drops(&mut self, track: Option<usize>) {
+        let fs = self.fragmenter.stats();
+        let total = fs.dropped_before_key + fs.dropped_track_absent;
+        let new = total - self.fragmenter_drops_seen;
+        if new == 0 {
+            return;
+        }
+        self.fragmenter_drops_seen = total;
+        let track = track
+            .or_else(|| self.tracks.iter().position(|t| t.kind == TrackType::Audio))
+            .unwrap_or(0);
+        if let Some(t) = self.tracks.get_mut(track) {
+            t.dropped += new;
+        }
+    }
+
+    /// Frames of `track` dropped so far, for any reason of [`MuxStats::drops`] (0 for an
+    /// unknown track). The tracks' counts add up to [`MuxStats::dropped`].
+    pub fn track_dropped(&self, track: usize) -> u64 {
+        self.tracks.get(track).map_or(0, |t| t.dropped)
     }
 
     /// How long a silent track is waited for: [`Wait::UntilData`] for non-live input (the
@@ -591,6 +635,7 @@ impl StreamMuxer {
         self.interleaver.set_ended(track);
         self.drain();
         self.fragmenter.end_track(track, &mut self.out);
+        self.settle_fragmenter_drops(None);
         if self.tracks.iter().all(|t| t.eos) {
             self.finish();
             return Ok(true);
@@ -602,9 +647,10 @@ impl StreamMuxer {
     /// fragment closed with the end-of-fragment tag.
     pub fn finish(&mut self) {
         while let Some((_, f)) = self.interleaver.pop_any() {
-            self.fragmenter.push(f, &mut self.out);
+            self.fragment_frame(f);
         }
         self.fragmenter.finish(&mut self.out);
+        self.settle_fragmenter_drops(None);
     }
 
     /// No frame arrived for a while (a valve closed, a motion-triggered camera stopped): what is
@@ -612,10 +658,11 @@ impl StreamMuxer {
     /// next fragment starts at a video key frame. Returns whether a fragment was closed.
     pub fn close_for_pause(&mut self) -> bool {
         while let Some((_, f)) = self.interleaver.pop_any() {
-            self.fragmenter.push(f, &mut self.out);
+            self.fragment_frame(f);
         }
         let was_open = self.fragmenter.has_open_fragment();
         self.fragmenter.close(&mut self.out);
+        self.settle_fragmenter_drops(None);
         was_open
     }
 
@@ -634,7 +681,11 @@ impl StreamMuxer {
                 "flush: {} queued frames dropped", dropped.len());
         }
         self.stats.dropped_flush += dropped.len() as u64;
+        for (track, _) in &dropped {
+            self.tracks[*track].dropped += 1;
+        }
         self.fragmenter.close(&mut self.out);
+        self.settle_fragmenter_drops(None);
         self.timeline.reset_tracks();
         for (i, t) in self.tracks.iter_mut().enumerate() {
             t.eos = false;
@@ -868,6 +919,37 @@ mod tests {
         frags.extend(collect(&mut m));
         let video: u32 = frags.iter().map(|f| f.frame_counts[v]).sum();
         assert_eq!(video, 250);
+    }
+
+    #[test]
+    fn drops_are_counted_per_track() {
+        let clock = ManualClock::at(EPOCH);
+        let mut m = StreamMuxer::new(MuxerConfig::default(), Box::new(clock));
+        let v = m.add_track(TrackType::Video, "v").unwrap();
+        let a = m.add_track(TrackType::Audio, "a").unwrap();
+        // Audio before caps (refused), audio waiting for the first video key frame.
+        assert!(m.push(a, frame(0, true, &[2; 10])).is_err());
+        m.set_input(v, TrackInput::Configured(h264())).unwrap();
+        m.set_input(
+            a,
+            TrackInput::Configured(TrackConfig::aac(Some(&[0x12, 0x10]), None, None).unwrap()),
+        )
+        .unwrap();
+        assert!(m.push(v, frame(0, false, &[])).is_err());
+        for i in 0..10u64 {
+            m.push(v, frame(i * 40, i == 5, &[1; 10])).unwrap();
+            m.push(a, frame(i * 40 + 5, true, &[2; 10])).unwrap();
+        }
+        m.flush();
+        m.finish();
+        let total = m.stats().dropped();
+        assert!(
+            m.track_dropped(v) >= 6,
+            "empty + deltas before the key frame"
+        );
+        assert!(m.track_dropped(a) >= 1, "before caps");
+        assert_eq!(m.track_dropped(v) + m.track_dropped(a), total);
+        assert_eq!(m.track_dropped(7), 0);
     }
 
     #[test]

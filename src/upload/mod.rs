@@ -23,6 +23,7 @@ pub mod iot;
 pub mod putmedia;
 mod sdk_http;
 mod session;
+pub mod stats;
 pub mod store;
 pub mod transport;
 
@@ -39,6 +40,7 @@ use crate::upload::store::{Dropped, FragmentStore, StorePiece};
 use backoff::Backoff;
 use control::{ControlConfig, ControlError, ControlPlane, StreamSpec};
 use credentials::KvsCredentials;
+use stats::{PieceNote, UploadStats};
 
 /// The runtime every kvssink in the process shares: two named worker threads.
 pub static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
@@ -123,11 +125,23 @@ pub(crate) struct Shared {
     space: Condvar,
     finish_deadline: Mutex<Option<Instant>>,
     cancel: CancellationToken,
+    stats: Arc<UploadStats>,
 }
 
 impl Shared {
     fn store(&self) -> MutexGuard<'_, FragmentStore> {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a PERSISTED ACK (or a final RECEIVED one) in the store and, the first time, in
+    /// the statistics. Returns whether the store knew the fragment.
+    fn persisted(&self, store: &mut FragmentStore, timecode: u64) -> bool {
+        let before = store.persisted_count();
+        let known = store.on_persisted(timecode);
+        if store.persisted_count() > before {
+            self.stats.persisted(timecode);
+        }
+        known
     }
 
     fn finish_deadline(&self) -> Option<Instant> {
@@ -154,12 +168,14 @@ pub struct Uploader {
 }
 
 impl Uploader {
-    /// Starts the task. `dispatch` receives the task's `tracing` events (see `logging`).
+    /// Starts the task. `dispatch` receives the task's `tracing` events (see `logging`); `stats`
+    /// what it puts, sends and gets confirmed.
     pub fn start(
         config: UploadConfig,
         store: FragmentStore,
         events: EventSink,
         dispatch: tracing::Dispatch,
+        stats: Arc<UploadStats>,
     ) -> Self {
         let shared = Arc::new(Shared {
             store: Mutex::new(store),
@@ -167,6 +183,7 @@ impl Uploader {
             space: Condvar::new(),
             finish_deadline: Mutex::new(None),
             cancel: CancellationToken::new(),
+            stats,
         });
         let task = RUNTIME.spawn(
             run(shared.clone(), config, events)
@@ -185,10 +202,13 @@ impl Uploader {
     pub fn put(&self, piece: StorePiece) -> Vec<Dropped> {
         let dropped = {
             let mut store = self.shared.store();
-            match store.put(piece) {
+            let note = PieceNote::of(&piece);
+            let dropped = match store.put(piece) {
                 Ok(d) => d,
                 Err(p) => store.put_over_budget(p),
-            }
+            };
+            self.shared.stats.put(note);
+            dropped
         };
         self.shared.data.notify_one();
         dropped
@@ -203,9 +223,11 @@ impl Uploader {
     ) -> Result<Vec<Dropped>, Cancelled> {
         let mut store = self.shared.store();
         let mut piece = piece;
+        let note = PieceNote::of(&piece);
         loop {
             match store.put(piece) {
                 Ok(dropped) => {
+                    self.shared.stats.put(note);
                     drop(store);
                     self.shared.data.notify_one();
                     return Ok(dropped);
@@ -303,14 +325,19 @@ impl Drop for Uploader {
 /// Sleeps `delay`, ending early on cancel or when the finish deadline passes.
 /// Returns false when the task must end.
 /// Reports `error` as retried after the next backoff delay and waits that long; false when the
-/// uploader must stop instead (cancelled, or the finish deadline passed).
+/// uploader must stop instead (cancelled, or the finish deadline passed). A `wait` (a new
+/// stream becoming ACTIVE) is no error for the statistics.
 async fn back_off(
     backoff: &mut Backoff,
     shared: &Shared,
     events: &EventSink,
     why: &str,
     error: String,
+    wait: bool,
 ) -> bool {
+    if !wait {
+        shared.stats.retrying(&error);
+    }
     let delay = backoff.next_delay();
     tracing::warn!(%error, ?delay, "{why}, retrying");
     events(UploadEvent::Retrying { error, delay });
@@ -422,7 +449,7 @@ async fn run(shared: Arc<Shared>, config: UploadConfig, events: EventSink) {
                 return;
             }
             let why = "getting credentials failed";
-            if !back_off(&mut backoff, &shared, &events, why, e.to_string()).await {
+            if !back_off(&mut backoff, &shared, &events, why, e.to_string(), false).await {
                 return;
             }
             continue;
@@ -455,7 +482,9 @@ async fn run(shared: Arc<Shared>, config: UploadConfig, events: EventSink) {
                     {
                         config.credentials.invalidate();
                         let why = "the credentials expired, fetching new ones";
-                        if !back_off(&mut backoff, &shared, &events, why, e.to_string()).await {
+                        if !back_off(&mut backoff, &shared, &events, why, e.to_string(), false)
+                            .await
+                        {
                             return;
                         }
                         continue;
@@ -482,7 +511,9 @@ async fn run(shared: Arc<Shared>, config: UploadConfig, events: EventSink) {
                     }
                     Err(e) => {
                         let why = "control plane call failed";
-                        if !back_off(&mut backoff, &shared, &events, why, e.to_string()).await {
+                        let wait = matches!(e, ControlError::StreamNotActive(..));
+                        if !back_off(&mut backoff, &shared, &events, why, e.to_string(), wait).await
+                        {
                             return;
                         }
                         continue;
@@ -529,6 +560,7 @@ async fn run(shared: Arc<Shared>, config: UploadConfig, events: EventSink) {
                 } else if failure.invalidate_endpoint {
                     endpoint = None;
                 }
+                shared.stats.retrying(&failure.message);
                 let delay = backoff.next_delay();
                 tracing::warn!(error = %failure.message, ?delay, "PutMedia session ended, reconnecting");
                 events(UploadEvent::Retrying {

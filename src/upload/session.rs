@@ -128,15 +128,18 @@ async fn run_inner(
     let (body_tx, mut body_rx) = mpsc::channel::<BodyItem>(4);
     let sent = SentLog::default();
     let body_sent = sent.clone();
+    let stats = shared.stats.clone();
     let mut current = std::collections::VecDeque::<Bytes>::new();
     let mut current_timecode = None;
     let body = reqwest::Body::wrap_stream(futures_util::stream::poll_fn(move |cx| {
         loop {
             if let Some(part) = current.pop_front() {
+                stats.part_sent(&part);
                 if current.is_empty()
                     && let Some(tc) = current_timecode.take()
                 {
                     body_sent.record(tc);
+                    stats.fragment_sent(tc);
                 }
                 return std::task::Poll::Ready(Some(Ok::<Bytes, std::io::Error>(part)));
             }
@@ -333,7 +336,7 @@ async fn run_inner(
                             parts.push(end_of_fragment.clone());
                         }
                         if !config.fragment_acks {
-                            store.on_persisted(c.timecode);
+                            shared.persisted(&mut store, c.timecode);
                             shared.freed();
                         }
                     }
@@ -394,7 +397,7 @@ fn handle_ack(
                 if config.wait_for_persisted {
                     store.on_progress(tc, FragmentState::Received);
                 } else {
-                    store.on_persisted(tc);
+                    shared.persisted(&mut store, tc);
                     *persisted_any = true;
                     shared.freed();
                 }
@@ -403,7 +406,8 @@ fn handle_ack(
         AckEvent::Persisted => {
             if let Some(tc) = ack.timecode {
                 latency = sent.take(tc).map(|at| at.elapsed());
-                if shared.store().on_persisted(tc) {
+                let known = shared.persisted(&mut shared.store(), tc);
+                if known {
                     *persisted_any = true;
                     shared.freed();
                 } else {

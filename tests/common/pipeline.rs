@@ -24,6 +24,8 @@ pub struct Run {
     pub acks: Vec<(String, u64)>,
     /// `kvssink-fragment-dropped` messages.
     pub dropped: Vec<gst::Structure>,
+    /// `kvssink-metrics` messages (`get-kvs-metrics=true`).
+    pub metrics: Vec<gst::Structure>,
     pub elapsed: Duration,
     /// From NULL→PLAYING call until EOS was seen.
     pub eos_after: Option<Duration>,
@@ -163,6 +165,7 @@ pub fn run(
                         result.acks.push((event, s.get::<u64>("timecode").unwrap()));
                     }
                     "kvssink-fragment-dropped" => result.dropped.push(s.to_owned()),
+                    "kvssink-metrics" => result.metrics.push(s.to_owned()),
                     _ => {}
                 }
             }

@@ -51,6 +51,15 @@ pub fn simple_block_header(
     h
 }
 
+/// The relative timecode of a SimpleBlock that starts with a [`simple_block_header`]; `None`
+/// for other bytes.
+pub fn simple_block_timecode(block: &[u8]) -> Option<i16> {
+    match block {
+        [0xA3, _, _, _, _, _, _, _, _, _, hi, lo, _, ..] => Some(i16::from_be_bytes([*hi, *lo])),
+        _ => None,
+    }
+}
+
 /// Size of one Tags→Tag→SimpleTag→(TagName, TagString) chain.
 pub fn tag_chain_len(name: &str, value: &str) -> usize {
     let simple_tag_body = (2 + 8 + name.len()) + (2 + 8 + value.len());
@@ -87,6 +96,16 @@ pub fn put_tag_chain(buf: &mut impl BufMut, name: &str, value: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn simple_block_timecode_reads_the_header() {
+        let h = simple_block_header(2, -7, 0x80, 3);
+        assert_eq!(simple_block_timecode(&h), Some(-7));
+        assert_eq!(simple_block_timecode(&h[..12]), None);
+        let mut c = Vec::new();
+        put_cluster_start(&mut c, 5);
+        assert_eq!(simple_block_timecode(&c), None);
+    }
 
     #[test]
     fn cluster_start_bytes() {
