@@ -252,3 +252,35 @@ fn thirty_second_blackhole_loses_and_duplicates_nothing() {
         .unwrap_or_default();
     assert!(lat >= Duration::from_secs(20), "max latency {lat:?}");
 }
+
+/// An offline upload through a slow uplink: the whole recording is written into the socket
+/// buffers at once and the request ends long before the service has read it. The session keeps
+/// waiting while ACKs come (it gave up 15 s after ending the request, and the element never
+/// posted EOS with fragments unconfirmed); every frame is persisted and EOS follows.
+#[test]
+fn offline_upload_through_a_slow_uplink_persists_everything_and_ends() {
+    let ep = LocalEndpoint::start(Config {
+        uplink_bps: Some(1_000_000),
+        ..Default::default()
+    })
+    .expect("the local endpoint starts");
+    let name = "slow-uplink";
+    // 8 s of 2 Mbit/s video: ~2 MB, ~16 s through a 1 Mbit/s uplink.
+    let description = format!(
+        "videotestsrc num-buffers=240 pattern=snow ! video/x-raw,format=I420,width=640,height=480,framerate=30/1 \
+         ! x264enc speed-preset=ultrafast bitrate=2000 key-int-max=30 bframes=0 ! h264parse \
+         ! kvssink name=sink stream-name={name} streaming-type=offline"
+    );
+    let r = run(
+        &ep,
+        &description,
+        Duration::from_secs(60),
+        RunOptions::default(),
+    );
+    assert_exactly_once(&ep, name, &r);
+    let eos_after = r.eos_after.unwrap();
+    assert!(
+        eos_after > Duration::from_secs(15),
+        "the uplink kept the upload going past 15 s (else this does not test the case): {eos_after:?}"
+    );
+}

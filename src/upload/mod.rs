@@ -529,8 +529,12 @@ async fn run(shared: Arc<Shared>, config: UploadConfig, events: EventSink) {
         match outcome.end {
             session::End::Cancelled => return,
             session::End::Finished => {
-                finish_if_due(&shared, &events);
-                return;
+                if finish_if_due(&shared, &events) {
+                    return;
+                }
+                // Not everything is confirmed and there is time left: resend it.
+                let dropped = shared.store().rewind(config.replay_window, true);
+                report_drops(&events, dropped);
             }
             session::End::Rotate => {
                 let dropped = shared.store().rewind(config.replay_window, true);

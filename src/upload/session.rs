@@ -19,8 +19,9 @@ use super::{EventSink, Shared, UploadConfig, UploadEvent, control};
 use crate::upload::ack::{Ack, AckEvent, AckParser, classify_error, error_code_name};
 use crate::upload::store::FragmentState;
 
-/// How long a closing session waits for the ACKs of what it sent before giving up on them (they
-/// are then replayed by the next session).
+/// How long a closing session waits for the next ACK of what it sent (each ACK starts the wait
+/// again: on a slow uplink the bytes in the socket buffers take long to drain) before giving up
+/// on the connection; what is not persisted is then resent by the next session.
 const CLOSE_WAIT: Duration = Duration::from_secs(15);
 /// Most bytes of an HTTP error body read for the error message.
 const MAX_ERROR_BODY: usize = 4096;
@@ -285,6 +286,9 @@ async fn run_inner(
                             } else {
                                 None
                             };
+                            if closing_since.is_some() {
+                                closing_since = Some(Instant::now());
+                            }
                         }
                         if let Some(end) = handle_ack(shared, config, events, ack, &sent, persisted_any) {
                             return end;
@@ -360,7 +364,15 @@ async fn run_inner(
                     return End::Finished;
                 }
                 if close_deadline.is_some_and(|d| now >= d) {
-                    return if rotate { End::Rotate } else { End::Finished };
+                    let Some(in_flight) = shared.store().oldest_in_flight() else {
+                        return if rotate { End::Rotate } else { End::Finished };
+                    };
+                    return End::Failed(Failure {
+                        host_alive: true,
+                        ..Failure::transient(format!(
+                            "no acknowledgement for {CLOSE_WAIT:?} after the request ended, fragment {in_flight} not persisted: reconnecting to resend it"
+                        ))
+                    });
                 }
                 if stale_deadline.is_some_and(|d| now >= d) {
                     return End::Failed(Failure::transient(format!(
