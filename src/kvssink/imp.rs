@@ -3,8 +3,10 @@
 //! [`crate::upload`]).
 //!
 //! Locks, in the only order they are ever taken: `state` → `push_lock` → the uploader's own →
-//! the statistics' (leaves, held for a few field updates; see [`super::stats`]). `settings` is
-//! never held together with another lock. Streaming threads never wait on the
+//! the statistics' (held for a few field updates; see [`super::stats`]). `settings` and
+//! `uploader` (the slot of the running uploader) are leaves: held only to read or swap a value,
+//! alone or under any of the others, and no other lock is taken while they are held. Streaming
+//! threads never wait on the
 //! network with `state` held. They wait in two places, both ended by flush, a state change to
 //! READY, pad release and a fatal upload error:
 //! - a full store in offline mode: holds `push_lock` (which keeps fragments in order);

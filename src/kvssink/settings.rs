@@ -91,7 +91,8 @@ pub fn now_epoch_seconds() -> u64 {
 }
 
 /// Everything the properties configure. Read once at NULL→READY (like the reference); the
-/// exceptions are `use-original-pts` and `get-kvs-metrics`, which are read per buffer.
+/// exception is `get-kvs-metrics`, read at each key frame, so metrics can be switched on while
+/// streaming.
 #[derive(Clone)]
 pub struct Settings {
     pub stream_name: String,

@@ -293,7 +293,7 @@ impl Stream {
                     duration: e.duration_ns / scale,
                     frames: e.frames(),
                     tail: e.tail,
-                    closes_stream: e.end_of_stream,
+                    end_of_stream: e.end_of_stream,
                 }
             }
         }

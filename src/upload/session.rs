@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 
 use super::putmedia::{self, PutMediaParams};
 use super::{EventSink, Shared, UploadConfig, UploadEvent, control};
+use crate::media::mkv::cluster::end_of_fragment_tags;
 use crate::upload::ack::{Ack, AckEvent, AckParser, classify_error, error_code_name};
 use crate::upload::store::FragmentState;
 
@@ -74,30 +75,6 @@ enum ReaderMsg {
     HttpError { status: u16, body: String },
     Closed,
     Failed(String),
-}
-
-/// The end-of-fragment tag chain (`AWS_KINESISVIDEO_END_OF_FRAGMENT` = ""), which closes the
-/// last fragment of a session at once instead of when the next cluster would start.
-pub fn end_of_fragment_tags() -> Bytes {
-    fn element(id: &[u8], payload: &[u8], out: &mut Vec<u8>) {
-        out.extend_from_slice(id);
-        out.extend_from_slice(&((payload.len() as u64) | (1 << 56)).to_be_bytes());
-        out.extend_from_slice(payload);
-    }
-    let mut simple_tag = Vec::new();
-    element(
-        &[0x45, 0xA3],
-        b"AWS_KINESISVIDEO_END_OF_FRAGMENT",
-        &mut simple_tag,
-    );
-    element(&[0x44, 0x87], b"", &mut simple_tag);
-    let mut tag = Vec::new();
-    element(&[0x67, 0xC8], &simple_tag, &mut tag);
-    let mut tags = Vec::new();
-    element(&[0x73, 0x73], &tag, &mut tags);
-    let mut out = Vec::new();
-    element(&[0x12, 0x54, 0xC3, 0x67], &tags, &mut out);
-    Bytes::from(out)
 }
 
 pub(super) async fn run(
@@ -205,7 +182,7 @@ async fn run_inner(
     let mut waiting_since: Option<Instant> = None;
     let mut connected = false;
     // The last fragment sent already ends with the end-of-fragment tag.
-    let mut last_closed_stream = false;
+    let mut last_sent_ends_stream = false;
 
     loop {
         // Decide whether this session takes more fragments or closes.
@@ -238,7 +215,7 @@ async fn run_inner(
                     Some(_) => false,
                 };
             if close {
-                if !last_closed_stream {
+                if !last_sent_ends_stream {
                     let _ = tx.send(BodyItem::other(end_of_fragment_tags())).await;
                 }
                 body_tx = None;
@@ -336,7 +313,7 @@ async fn run_inner(
                     if c.last {
                         // Each fragment is closed at once with the end-of-fragment tag: the
                         // service persists it now instead of when the next fragment starts.
-                        if !c.closes_stream {
+                        if !c.end_of_stream {
                             parts.push(end_of_fragment.clone());
                         }
                         if !config.fragment_acks {
@@ -344,7 +321,7 @@ async fn run_inner(
                             shared.freed();
                         }
                     }
-                    last_closed_stream = c.last;
+                    last_sent_ends_stream = c.last;
                     if config.fragment_acks && waiting_since.is_none() {
                         waiting_since = Some(Instant::now());
                     }
@@ -615,20 +592,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn end_of_fragment_tags_layout() {
-        let b = end_of_fragment_tags();
-        assert_eq!(&b[..4], &[0x12, 0x54, 0xC3, 0x67]);
-        assert_eq!(b[4], 0x01);
-        let name = b"AWS_KINESISVIDEO_END_OF_FRAGMENT";
-        assert!(b.windows(name.len()).any(|w| w == name));
-        // Tags + Tag + SimpleTag headers (4+2+2 id bytes, 8-byte sizes) + TagName + TagString.
-        assert_eq!(
-            b.len(),
-            (4 + 8) + (2 + 8) + (2 + 8) + (2 + 8 + name.len()) + (2 + 8)
-        );
-    }
 
     #[test]
     fn http_failures_are_classified() {

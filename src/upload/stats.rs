@@ -534,7 +534,7 @@ mod tests {
             duration,
             frames: 2,
             tail: None,
-            closes_stream: false,
+            end_of_stream: false,
         }
     }
 

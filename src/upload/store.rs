@@ -65,7 +65,7 @@ pub struct StoredFragment {
     /// Total bytes of `parts`.
     pub len: usize,
     /// Ends with the end-of-fragment tag that closes the stream.
-    pub closes_stream: bool,
+    pub end_of_stream: bool,
     pub state: FragmentState,
     /// Its end came: no more parts.
     pub complete: bool,
@@ -87,7 +87,7 @@ impl StoredFragment {
         duration: u64,
         frames: u32,
         parts: Vec<Bytes>,
-        closes_stream: bool,
+        end_of_stream: bool,
     ) -> Self {
         Self {
             seq: 0,
@@ -97,7 +97,7 @@ impl StoredFragment {
             header,
             len: parts.iter().map(Bytes::len).sum(),
             parts,
-            closes_stream,
+            end_of_stream,
             state: FragmentState::Pending,
             complete: true,
             sent_parts: 0,
@@ -155,7 +155,7 @@ pub enum StorePiece {
         frames: u32,
         /// End of stream: unsent metadata + the end-of-fragment tag.
         tail: Option<Bytes>,
-        closes_stream: bool,
+        end_of_stream: bool,
     },
 }
 
@@ -225,7 +225,7 @@ pub struct SendChunk {
     pub parts: Vec<Bytes>,
     /// The fragment's end is in this chunk (or it came after all its bytes were sent): close it.
     pub last: bool,
-    pub closes_stream: bool,
+    pub end_of_stream: bool,
 }
 
 #[derive(Debug)]
@@ -376,7 +376,7 @@ impl FragmentStore {
                 duration,
                 frames,
                 tail,
-                closes_stream,
+                end_of_stream,
             } => {
                 let Some(i) = self.open_index() else {
                     return Ok(Vec::new());
@@ -386,7 +386,7 @@ impl FragmentStore {
                 f.duration = duration;
                 f.frames = frames;
                 f.complete = true;
-                f.closes_stream = closes_stream;
+                f.end_of_stream = end_of_stream;
                 let mut dropped = Vec::new();
                 if f.state == FragmentState::Skipped {
                     if f.report_on_complete {
@@ -563,7 +563,7 @@ impl FragmentStore {
                 timecode: f.timecode,
                 parts,
                 last,
-                closes_stream: f.closes_stream,
+                end_of_stream: f.end_of_stream,
             });
         }
         let cursor = self.cursor;
@@ -581,7 +581,7 @@ impl FragmentStore {
             timecode: f.timecode,
             parts: f.parts.clone(),
             last: f.complete,
-            closes_stream: f.closes_stream,
+            end_of_stream: f.end_of_stream,
         })
     }
 
@@ -888,7 +888,7 @@ mod tests {
             duration,
             frames,
             tail: None,
-            closes_stream: false,
+            end_of_stream: false,
         }
     }
 

@@ -93,6 +93,14 @@ pub fn put_tag_chain(buf: &mut impl BufMut, name: &str, value: &str) {
     buf.put_slice(value.as_bytes());
 }
 
+/// The `AWS_KINESISVIDEO_END_OF_FRAGMENT` tag chain that closes a fragment: the service persists
+/// a fragment when it reads it instead of when the next fragment starts.
+pub fn end_of_fragment_tags() -> bytes::Bytes {
+    let mut b = bytes::BytesMut::with_capacity(tag_chain_len(super::END_OF_FRAGMENT_TAG, ""));
+    put_tag_chain(&mut b, super::END_OF_FRAGMENT_TAG, "");
+    b.freeze()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,5 +159,19 @@ mod tests {
         assert_eq!(&v[34..42], &[0x01, 0, 0, 0, 0, 0, 0, 32]);
         assert_eq!(&v[42..74], b"AWS_KINESISVIDEO_END_OF_FRAGMENT");
         assert_eq!(&v[74..], &[0x44, 0x87, 0x01, 0, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn end_of_fragment_tags_layout() {
+        let b = end_of_fragment_tags();
+        assert_eq!(&b[..4], &[0x12, 0x54, 0xC3, 0x67]);
+        assert_eq!(b[4], 0x01);
+        let name = b"AWS_KINESISVIDEO_END_OF_FRAGMENT";
+        assert!(b.windows(name.len()).any(|w| w == name));
+        // Tags + Tag + SimpleTag headers (4+2+2 id bytes, 8-byte sizes) + TagName + TagString.
+        assert_eq!(
+            b.len(),
+            (4 + 8) + (2 + 8) + (2 + 8) + (2 + 8 + name.len()) + (2 + 8)
+        );
     }
 }
