@@ -72,7 +72,7 @@ if [ ! -f "$MKV" ]; then
 fi
 echo "stored stream: $MKV"
 echo "==> decode check (ffmpeg)"
-if ffmpeg -v error -i "$MKV" -f null - ; then
+if ffmpeg -v error -i "$MKV" -enc_time_base -1 -f null - ; then
   ffprobe -v error -show_entries stream=index,codec_name,width,height,sample_rate -of compact "$MKV"
   echo "decoded without errors; play it with: gst-play-1.0 $MKV"
 else
@@ -83,7 +83,7 @@ fi
 echo "==> HLS (an ON_DEMAND session over what was stored)"
 HLS_URL="$(curl -s "$CONTROL_PLANE_URI/_local/streams/$STREAM/hls?PlaybackMode=ON_DEMAND" \
   | python3 -c 'import json, sys; print(json.load(sys.stdin)["HLSStreamingSessionURL"])')"
-if ffmpeg -v error -i "$HLS_URL" -f null - ; then
+if ffmpeg -v error -i "$HLS_URL" -enc_time_base -1 -f null - ; then
   echo "decoded without errors; while the endpoint runs, play it with:"
   echo "  ffplay '$HLS_URL'"
   echo "  page: $CONTROL_PLANE_URI/_local/?stream=$STREAM"

@@ -3,8 +3,8 @@
 //! frames, timestamps, key flags, codec private data and metadata) has the same element
 //! structure, byte-identical payloads and the same timecodes.
 
-#[path = "media_util.rs"]
-mod util;
+mod common;
+use common::media as util;
 
 use gstkvssink::media::codec::{TrackConfig, TrackType};
 use gstkvssink::media::fragmenter::FragmenterConfig;

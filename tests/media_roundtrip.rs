@@ -2,8 +2,8 @@
 //! → Matroska bytes → read back by independent readers (`matroska-demuxer` for frames,
 //! `webm-iterable` for the fragment structure) → identical payloads, order, flags and timecodes.
 
-#[path = "media_util.rs"]
-mod util;
+mod common;
+use common::media as util;
 
 use gstkvssink::media::codec::{G711Law, TrackConfig, TrackType};
 use gstkvssink::media::fragmenter::FragmenterConfig;

@@ -4,10 +4,9 @@
 //! (strictly increasing PTS per track, every frame present) and GStreamer's own demuxer and
 //! decoders (no WARN/ERROR). Each test is skipped, with a message, when a tool is missing.
 
-#[path = "common/mkv_check.rs"]
-mod mkv_check;
-#[path = "media_util.rs"]
-mod util;
+mod common;
+use common::media as util;
+use common::mkv_check;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -4,8 +4,7 @@
 //! and no secret shows up in any output.
 
 mod common;
-#[path = "common/pipeline.rs"]
-mod pipeline;
+use common::pipeline;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};

@@ -5,8 +5,7 @@
 //! what cannot be recovered ends in one error plus `stream-error`.
 
 mod common;
-#[path = "common/pipeline.rs"]
-mod pipeline;
+use common::pipeline;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};

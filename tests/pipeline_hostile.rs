@@ -7,8 +7,7 @@
 //! those a named rule dropped.
 
 mod common;
-#[path = "common/pipeline.rs"]
-mod pipeline;
+use common::pipeline;
 
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};

@@ -5,8 +5,7 @@
 //! (or be counted and reported), in one PutMedia session, and nothing may hang.
 
 mod common;
-#[path = "common/pipeline.rs"]
-mod pipeline;
+use common::pipeline;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

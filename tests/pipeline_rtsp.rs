@@ -5,12 +5,9 @@
 //! while the other camera goes on untouched.
 
 mod common;
-#[path = "common/examples.rs"]
-mod examples;
-#[path = "common/mkv_check.rs"]
-mod mkv_check;
-#[path = "common/pipeline.rs"]
-mod pipeline;
+use common::examples;
+use common::mkv_check;
+use common::pipeline;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

@@ -4,10 +4,8 @@
 //! `get-kvs-metrics=true`, and the `file_upload` example's progress lines.
 
 mod common;
-#[path = "common/examples.rs"]
-mod examples;
-#[path = "common/pipeline.rs"]
-mod pipeline;
+use common::examples;
+use common::pipeline;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -5,8 +5,7 @@
 //! generous (no flaky timing); the tight figures are in `docs/benchmarks.md`.
 
 mod common;
-#[path = "common/pipeline.rs"]
-mod pipeline;
+use common::pipeline;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};

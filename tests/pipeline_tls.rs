@@ -5,8 +5,7 @@
 //! with an error that names the rule.
 
 mod common;
-#[path = "common/pipeline.rs"]
-mod pipeline;
+use common::pipeline;
 
 use std::path::Path;
 use std::process::Command;

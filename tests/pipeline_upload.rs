@@ -4,10 +4,8 @@
 //! pass the four independent Matroska checks.
 
 mod common;
-#[path = "common/mkv_check.rs"]
-mod mkv_check;
-#[path = "common/pipeline.rs"]
-mod pipeline;
+use common::mkv_check;
+use common::pipeline;
 
 use std::time::{Duration, Instant};
 

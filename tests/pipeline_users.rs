@@ -5,12 +5,9 @@
 //! the file's own timing. The RTSP lines are in `pipeline_rtsp.rs`.
 
 mod common;
-#[path = "common/examples.rs"]
-mod examples;
-#[path = "common/mkv_check.rs"]
-mod mkv_check;
-#[path = "common/pipeline.rs"]
-mod pipeline;
+use common::examples;
+use common::mkv_check;
+use common::pipeline;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

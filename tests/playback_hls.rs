@@ -4,8 +4,7 @@
 //! ACK, and the `/_local/` page's Media Source Extensions player in headless Chromium.
 
 mod common;
-#[path = "common/pipeline.rs"]
-mod pipeline;
+use common::pipeline;
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
@@ -20,7 +19,7 @@ use archived::types::{
 };
 use aws_sdk_kinesisvideoarchivedmedia as archived;
 use kvs_local_endpoint::{Config, FragmentInfo, FragmentState, LocalEndpoint};
-use pipeline::{Run, RunOptions, run};
+use pipeline::{Run, RunOptions, run, stored_frames};
 
 /// `seconds` of live 30 fps H.264 (1 s fragments) and AAC through kvssink into `name`.
 fn av(seconds: u32, name: &str) -> String {
@@ -182,7 +181,8 @@ fn decode_cleanly(input: &str, extra: &[&str]) {
         Command::new("ffmpeg")
             .args(["-nostdin", "-v", "error", "-i", input])
             .args(extra)
-            .args(["-f", "null", "-"]),
+            // In the input's time base: see tests/common/mkv_check.rs.
+            .args(["-enc_time_base", "-1", "-f", "null", "-"]),
         Duration::from_secs(90),
     );
     assert!(
@@ -649,6 +649,13 @@ fn h265_video_plays_over_hls_and_g711_audio_is_left_out() {
         RunOptions::default(),
     );
     assert!(r.errors.is_empty() && r.eos, "{:?}", r.errors);
+    // What the endpoint stored first, so a difference below is the HLS remux's.
+    assert_eq!(
+        stored_frames(&ep, stream).get(&1).copied(),
+        r.frames.get("video_0").copied(),
+        "video frames stored vs. frames that entered the sink (dropped: {:?})",
+        r.dropped
+    );
     let url = hls_url(&ep, stream, HlsPlaybackMode::OnDemand);
     let master = get_text(&url);
     assert!(master.contains("CODECS=\"hvc1."), "{master}");

@@ -10,15 +10,9 @@
 //! "frame enters kvssink → its block is readable by a GetMedia consumer" over a 20 s upload:
 //! `cargo nextest run --all-features --test playback_media --run-ignored ignored-only
 //! --no-capture`.
-// `common` (pipelines) and `endpoint_common` (the SDK and PutMedia helpers) both include
-// `common/no_instance_metadata.rs`: two copies of one test-process setting, harmless.
-#![allow(clippy::duplicate_mod)]
-
 mod common;
-#[path = "../crates/kvs-local-endpoint/tests/common/mod.rs"]
-mod endpoint_common;
-#[path = "common/pipeline.rs"]
-mod pipeline;
+use common::endpoint as endpoint_common;
+use common::pipeline;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -2,9 +2,8 @@
 //! IoT stand-in (mutual TLS), the credentials it mints signing requests the endpoint accepts, each
 //! misconfiguration giving its own error, and credentials expiring after their lifetime.
 
-// The endpoint tests' helpers (SDK client, plain PutMedia client, MKV builders).
-#[path = "../crates/kvs-local-endpoint/tests/common/mod.rs"]
-mod endpoint_common;
+mod common;
+use common::endpoint as endpoint_common;
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};

@@ -1,11 +1,26 @@
-//! Helpers shared by the integration tests: static plugin registration, locating `tests/data`
-//! and the built `.so`, and a parser for `gst-inspect-1.0` property listings.
+//! The one test-support module of the plugin's integration tests (`mod common;` in each): static
+//! plugin registration, `tests/data`, the built `.so`, a parser for `gst-inspect-1.0` property
+//! listings, and its parts:
+//! - [`pipeline`]: running a pipeline through kvssink into the local endpoint and what arrived;
+//! - [`examples`]: running the crate's examples as processes;
+//! - [`mkv_check`]: checking stored Matroska with ffmpeg, mkvmerge and matroskademux;
+//! - [`media`]: driving the media core directly and reading its Matroska back;
+//! - [`endpoint`]: the local endpoint's own test helpers (SDK client, plain PutMedia client, MKV
+//!   builders), shared with that crate's tests.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod no_instance_metadata;
+
+#[path = "../../crates/kvs-local-endpoint/tests/common/mod.rs"]
+#[allow(clippy::duplicate_mod)]
+pub mod endpoint;
+pub mod examples;
+pub mod media;
+pub mod mkv_check;
+pub mod pipeline;
 
 pub fn init() {
     use std::sync::Once;

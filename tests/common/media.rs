@@ -1,4 +1,4 @@
-//! Helpers shared by the `media_*` integration tests (included with `#[path]`): reading the
+//! Helpers of the `media_*` integration tests: reading the
 //! KVS-SDK test files, parsing Matroska with independent readers (`webm-iterable` for element
 //! structure, `matroska-demuxer` for frames), and turning muxer output into a file.
 #![allow(dead_code)]
