@@ -33,7 +33,7 @@ use super::StreamingType;
 use super::fragment_ack::{AckType, FragmentAck, RESULT_OK};
 use super::settings::{self, Settings};
 use super::stats::{Stats, TrackStats};
-use super::stream::{Prepared, Stream};
+use super::stream::{Stream, StreamConfig};
 use super::ticker::Ticker;
 use crate::logging::{CAT, LogConfig};
 use crate::media::codec::TrackType;
@@ -84,17 +84,49 @@ struct State {
     audio_counter: u32,
     /// The EOS message is posted once per stream.
     eos_posted: bool,
-    /// EOS reached the muxer and the uploader was told to finish.
-    eos_started: bool,
-    /// The configuration prepared at NULL→READY; `None` in NULL.
-    prepared: Option<Prepared>,
-    stream: Option<Stream>,
+    phase: Phase,
     /// Wakes the core at its deadlines (live input only; started on first need).
     ticker: Option<Ticker>,
     /// The pipeline latency of the last LATENCY event.
     latency: Option<gst::ClockTime>,
     /// A waiting pad gave up on `(track, its buffer count)`: not waited for again until it moves.
     gave_up_on: Option<(usize, u64)>,
+}
+
+/// What exists in each state of the element.
+#[derive(Default)]
+enum Phase {
+    /// NULL: nothing is configured.
+    #[default]
+    Stopped,
+    /// READY: the stream configuration, built from the properties at NULL→READY.
+    Ready(Arc<StreamConfig>),
+    /// PAUSED and PLAYING: the media path and its uploader.
+    Streaming(Box<Stream>),
+}
+
+impl Phase {
+    fn config(&self) -> Option<&Arc<StreamConfig>> {
+        match self {
+            Phase::Stopped => None,
+            Phase::Ready(config) => Some(config),
+            Phase::Streaming(stream) => Some(&stream.config),
+        }
+    }
+
+    fn stream(&self) -> Option<&Stream> {
+        match self {
+            Phase::Streaming(stream) => Some(stream),
+            _ => None,
+        }
+    }
+
+    fn stream_mut(&mut self) -> Option<&mut Stream> {
+        match self {
+            Phase::Streaming(stream) => Some(stream),
+            _ => None,
+        }
+    }
 }
 
 impl State {
@@ -201,9 +233,9 @@ impl KvsSink {
         self.learn_liveness(pad);
         let mut state = lock(&self.state);
         let clip = !state
-            .prepared
-            .as_ref()
-            .is_some_and(|pr| pr.disable_buffer_clipping);
+            .phase
+            .config()
+            .is_some_and(|c| c.disable_buffer_clipping);
         let Some(p) = state.pads.iter_mut().find(|p| &p.pad == pad) else {
             return Err(gst::FlowError::Flushing);
         };
@@ -226,7 +258,7 @@ impl KvsSink {
             (buffer.pts(), buffer.dts())
         };
         p.stats.frame_in();
-        let Some(stream) = state.stream.as_mut() else {
+        let Some(stream) = state.phase.stream_mut() else {
             return Err(gst::FlowError::Flushing);
         };
         let map = buffer.map_readable().map_err(|_| {
@@ -322,7 +354,7 @@ impl KvsSink {
     /// Gives the muxer the waiting policy the pads' upstreams call for; live input gets a ticker.
     fn apply_wait_policy(&self, state: &mut State) {
         let wait = state.wait_policy();
-        let Some(stream) = state.stream.as_mut() else {
+        let Some(stream) = state.phase.stream_mut() else {
             return;
         };
         if let Wait::Clock { bound_ns } = wait
@@ -348,7 +380,7 @@ impl KvsSink {
     /// A deadline of the core passed: release what may leave.
     fn on_tick(&self) {
         let mut state = lock(&self.state);
-        let Some(stream) = state.stream.as_mut() else {
+        let Some(stream) = state.phase.stream_mut() else {
             return;
         };
         self.in_core(|| stream.muxer.tick());
@@ -360,7 +392,7 @@ impl KvsSink {
     /// After anything that may change what the core waits for: wake waiting pads, move the
     /// ticker's deadline.
     fn core_changed(&self, state: &State) {
-        if let (Some(ticker), Some(stream)) = (&state.ticker, &state.stream) {
+        if let (Some(ticker), Some(stream)) = (&state.ticker, state.phase.stream()) {
             ticker.set(stream.muxer.next_deadline());
         }
         Self::count_track_drops(state);
@@ -369,7 +401,7 @@ impl KvsSink {
 
     /// Each pad's frames dropped by the media core, into its counters.
     fn count_track_drops(state: &State) {
-        let Some(stream) = &state.stream else {
+        let Some(stream) = state.phase.stream() else {
             return;
         };
         for p in &state.pads {
@@ -414,7 +446,7 @@ impl KvsSink {
             else {
                 return Ok(());
             };
-            let Some(other) = state.stream.as_ref().and_then(|s| s.muxer.waits_for(track)) else {
+            let Some(other) = state.phase.stream().and_then(|s| s.muxer.waits_for(track)) else {
                 return Ok(());
             };
             let Some(slower) = state.pads.iter().find(|p| p.track == Some(other)) else {
@@ -490,7 +522,7 @@ impl KvsSink {
     /// packed) to the uploader, starting it if needed; releases `state`.
     fn push_out(&self, mut state: MutexGuard<'_, State>) -> Result<(), gst::FlowError> {
         let content_type = state.content_type();
-        let Some(stream) = state.stream.as_mut() else {
+        let Some(stream) = state.phase.stream_mut() else {
             return Ok(());
         };
         let pieces = match self.in_core(|| stream.drain()) {
@@ -504,7 +536,7 @@ impl KvsSink {
             return Ok(());
         }
         let uploader = stream.uploader(content_type, || self.event_sink());
-        let offline = stream.prepared.streaming_type == StreamingType::Offline;
+        let offline = stream.config.streaming_type == StreamingType::Offline;
         // Without video there are no key frames: metrics come with each fragment instead.
         let metrics = self.post_metrics.load(Ordering::Relaxed)
             && !state.pads.iter().any(|p| p.kind == PadKind::Video)
@@ -700,7 +732,8 @@ impl KvsSink {
                     return true;
                 };
                 let (track, rt) = (p.track, p.segment.to_running_time(ts));
-                if let (Some(track), Some(rt), Some(stream)) = (track, rt, state.stream.as_mut()) {
+                if let (Some(track), Some(rt), Some(stream)) = (track, rt, state.phase.stream_mut())
+                {
                     let _ = self.in_core(|| stream.muxer.heartbeat(track, rt.nseconds()));
                     self.core_changed(&state);
                     return self.push_out(state).is_ok();
@@ -722,9 +755,9 @@ impl KvsSink {
                     p.eos = false;
                 }
                 state.eos_posted = false;
-                state.eos_started = false;
                 state.gave_up_on = None;
-                if let Some(stream) = state.stream.as_mut() {
+                if let Some(stream) = state.phase.stream_mut() {
+                    stream.eos_started = false;
                     self.in_core(|| stream.muxer.flush());
                     // The stream goes on after a flush, also one that followed EOS.
                     self.stats.running();
@@ -762,7 +795,7 @@ impl KvsSink {
             return;
         };
         let mut state = lock(&self.state);
-        let Some(stream) = state.stream.as_mut() else {
+        let Some(stream) = state.phase.stream_mut() else {
             drop(state);
             gst::element_imp_warning!(
                 self,
@@ -804,7 +837,7 @@ impl KvsSink {
         };
         p.content_type = Some(info.content_type);
         let track = p.track;
-        if let (Some(track), Some(stream)) = (track, state.stream.as_mut())
+        if let (Some(track), Some(stream)) = (track, state.phase.stream_mut())
             && let Err(e) = self.in_core(|| stream.muxer.set_input(track, info.input))
         {
             drop(state);
@@ -833,7 +866,7 @@ impl KvsSink {
 
     /// A track ended (EOS or its pad released): the others go on without waiting for it.
     fn end_track(&self, mut state: MutexGuard<'_, State>, track: Option<usize>) {
-        if let (Some(track), Some(stream)) = (track, state.stream.as_mut()) {
+        if let (Some(track), Some(stream)) = (track, state.phase.stream_mut()) {
             let _ = self.in_core(|| stream.muxer.end_of_stream(track));
             self.report_media_drops(stream);
         }
@@ -847,18 +880,18 @@ impl KvsSink {
 
     /// When every pad is at EOS: close the stream, then post EOS once the upload is confirmed.
     fn maybe_finish(&self, mut state: MutexGuard<'_, State>) {
-        if state.eos_started || !state.all_eos() {
+        if state.phase.stream().is_some_and(|s| s.eos_started) || !state.all_eos() {
             return;
         }
-        state.eos_started = true;
         self.stats.stopping();
-        let Some(stream) = state.stream.as_mut() else {
+        let Some(stream) = state.phase.stream_mut() else {
             drop(state);
             self.post_eos_once();
             return;
         };
+        stream.eos_started = true;
         self.in_core(|| stream.muxer.finish());
-        let timeout = stream.prepared.stop_stream_timeout;
+        let timeout = stream.config.stop_stream_timeout;
         Self::count_track_drops(&state);
         if self.push_out(state).is_err() {
             return;
@@ -881,7 +914,7 @@ impl KvsSink {
     }
 
     fn add_track(&self, state: &mut State, index: usize) {
-        let Some(stream) = state.stream.as_mut() else {
+        let Some(stream) = state.phase.stream_mut() else {
             return;
         };
         let p = &mut state.pads[index];
@@ -889,7 +922,7 @@ impl KvsSink {
             return;
         }
         let (kind, name) = match p.kind {
-            PadKind::Video => (TrackType::Video, stream.prepared.track_name.clone()),
+            PadKind::Video => (TrackType::Video, stream.config.track_name.clone()),
             PadKind::Audio => (TrackType::Audio, "audio".to_owned()),
         };
         match self.in_core(|| stream.muxer.add_track(kind, &name)) {
@@ -905,7 +938,7 @@ impl KvsSink {
             ),
         }
         if let (Some(track), Some(caps)) = (p.track, p.pad.current_caps()) {
-            let codec_id = stream.prepared.codec_id.clone();
+            let codec_id = stream.config.codec_id.clone();
             if let Ok(info) = super::caps::caps_info(&caps, &codec_id) {
                 let _ = stream.muxer.set_input(track, info.input);
             }
@@ -947,11 +980,11 @@ impl KvsSink {
         for w in &effective.warnings {
             gst::warning!(CAT, imp = self, "{}", w);
         }
-        let prepared = Prepared::new(&settings, &effective, |k| std::env::var(k).ok())
+        let config = StreamConfig::new(&settings, &effective, |k| std::env::var(k).ok())
             .map_err(|e| gst::error_msg!(gst::LibraryError::Init, ("{}", e)))?;
         // As the reference, the credentials are obtained once now, so that a wrong setup fails
         // the start; they are refreshed later by the uploader.
-        let credentials = prepared.upload.credentials.clone();
+        let credentials = config.upload.credentials.clone();
         gst::info!(
             CAT,
             imp = self,
@@ -960,23 +993,22 @@ impl KvsSink {
         );
         crate::upload::wait_for(async move { credentials.get().await.map(|_| ()) })
             .map_err(|e| gst::error_msg!(gst::LibraryError::Init, ("{}", e)))?;
-        lock(&self.state).prepared = Some(prepared);
+        lock(&self.state).phase = Phase::Ready(Arc::new(config));
         self.failed.store(false, Ordering::SeqCst);
         Ok(())
     }
 
     fn start_stream(&self) {
         let mut state = lock(&self.state);
-        let Some(prepared) = state.prepared.clone() else {
+        let Some(config) = state.phase.config().cloned() else {
             return;
         };
         self.stats.start_stream(
-            (prepared.mux.fragmenter.timecode_scale_ns / 1_000_000).max(1),
-            prepared.limits.max_bytes as u64,
+            (config.mux.fragmenter.timecode_scale_ns / 1_000_000).max(1),
+            config.limits.max_bytes as u64,
         );
-        state.stream = Some(Stream::new(prepared, self.stats.upload.clone()));
+        state.phase = Phase::Streaming(Box::new(Stream::new(config, self.stats.upload.clone())));
         state.eos_posted = false;
-        state.eos_started = false;
         state.gave_up_on = None;
         for i in 0..state.pads.len() {
             let p = &mut state.pads[i];
@@ -997,20 +1029,19 @@ impl KvsSink {
         self.stats.stopping();
         let mut state = lock(&self.state);
         state.ticker = None;
-        let eos_started = state.eos_started;
-        if let Some(stream) = state.stream.as_mut()
-            && !eos_started
+        if let Some(stream) = state.phase.stream_mut()
+            && !stream.eos_started
         {
             self.in_core(|| stream.muxer.finish());
             let timeout = stream
-                .prepared
+                .config
                 .stop_stream_timeout
                 .min(STOP_WITHOUT_EOS_GRACE);
             // Realtime push: never blocks, even in offline mode (the store refuses instead).
             let pieces = self.in_core(|| stream.drain()).unwrap_or_default();
             let content_type = state.content_type();
             Self::count_track_drops(&state);
-            if let Some(stream) = state.stream.as_mut() {
+            if let Some(stream) = state.phase.stream_mut() {
                 if !pieces.is_empty() {
                     let uploader = stream.uploader(content_type, || self.event_sink());
                     for p in pieces {
@@ -1024,7 +1055,16 @@ impl KvsSink {
                 }
             }
         }
-        let stream = state.stream.take();
+        let stream = match std::mem::take(&mut state.phase) {
+            Phase::Streaming(stream) => {
+                state.phase = Phase::Ready(stream.config.clone());
+                Some(stream)
+            }
+            other => {
+                state.phase = other;
+                None
+            }
+        };
         drop(state);
         *lock(&self.uploader) = None;
         if let Some(stream) = stream
@@ -1051,7 +1091,7 @@ impl KvsSink {
 
     fn stop(&self) {
         let mut state = lock(&self.state);
-        state.prepared = None;
+        state.phase = Phase::Stopped;
         state.eos_posted = false;
         for p in &mut state.pads {
             p.eos = false;
@@ -1578,7 +1618,7 @@ impl ElementImpl for KvsSink {
         if let gst::StateChange::PlayingToPaused | gst::StateChange::PausedToPlaying = transition {
             // The element's own pause is not a pause of the source: the open fragment stays.
             let mut state = lock(&self.state);
-            if let Some(stream) = state.stream.as_mut() {
+            if let Some(stream) = state.phase.stream_mut() {
                 let playing = transition == gst::StateChange::PausedToPlaying;
                 self.in_core(|| stream.muxer.set_pause_detection(playing));
                 self.core_changed(&state);

@@ -3,8 +3,8 @@
 //! the first fragment begins (its content type comes from the caps). The muxer's pieces of
 //! fragment become the store's ([`Stream::drain`]) as they are packed.
 //!
-//! Also the translation of the properties into the core's configurations, done once at
-//! NULL→READY ([`Prepared`]).
+//! Also the stream's configuration ([`StreamConfig`]): the properties turned into the core's
+//! configurations once at NULL→READY, immutable and shared (`Arc`) from then on.
 
 use std::fs::File;
 use std::io::Write;
@@ -34,9 +34,8 @@ pub enum PrepareError {
     Ca(#[from] CaError),
 }
 
-/// The properties, turned into the core's configurations at NULL→READY.
-#[derive(Clone)]
-pub struct Prepared {
+/// The properties, turned into the core's configurations at NULL→READY; never changed after.
+pub struct StreamConfig {
     pub mux: MuxerConfig,
     pub upload: UploadConfig,
     pub limits: Limits,
@@ -49,7 +48,7 @@ pub struct Prepared {
     pub track_name: String,
 }
 
-impl Prepared {
+impl StreamConfig {
     pub fn new(
         settings: &Settings,
         effective: &Effective,
@@ -164,8 +163,10 @@ impl Prepared {
 
 /// The running stream.
 pub struct Stream {
-    pub prepared: Prepared,
+    pub config: Arc<StreamConfig>,
     pub muxer: StreamMuxer,
+    /// EOS reached the muxer and the uploader was told to finish.
+    pub eos_started: bool,
     dump: Option<(PathBuf, File, bool)>,
     pub uploader: Option<Arc<Uploader>>,
     /// Media-path drops already reported.
@@ -179,11 +180,12 @@ pub struct Stream {
 }
 
 impl Stream {
-    pub fn new(prepared: Prepared, stats: Arc<UploadStats>) -> Self {
-        let muxer = StreamMuxer::new(prepared.mux.clone(), Box::new(SystemClock));
+    pub fn new(config: Arc<StreamConfig>, stats: Arc<UploadStats>) -> Self {
+        let muxer = StreamMuxer::new(config.mux.clone(), Box::new(SystemClock));
         Self {
-            prepared,
+            config,
             muxer,
+            eos_started: false,
             dump: None,
             uploader: None,
             reported_drops: MuxStats::default(),
@@ -199,7 +201,7 @@ impl Stream {
     pub fn drain(&mut self) -> Result<Vec<StorePiece>, String> {
         let mut out = Vec::new();
         while let Some(p) = self.muxer.pop_piece() {
-            if self.prepared.dump_dir.is_some() {
+            if self.config.dump_dir.is_some() {
                 self.dump(&p)?;
             }
             out.push(self.stored(p));
@@ -210,13 +212,13 @@ impl Stream {
     /// Writes a piece to the dump file: the playable Matroska byte stream the uploader sends,
     /// the header before the first fragment and before every fragment that changes it.
     fn dump(&mut self, p: &Piece) -> Result<(), String> {
-        let Some(dir) = &self.prepared.dump_dir else {
+        let Some(dir) = &self.config.dump_dir else {
             return Ok(());
         };
         if self.dump.is_none() {
             let name = format!(
                 "{}-{}.mkv",
-                self.prepared.upload.stream.stream_name,
+                self.config.upload.stream.stream_name,
                 super::settings::now_epoch_seconds()
             );
             let path = dir.join(name);
@@ -257,12 +259,12 @@ impl Stream {
         if let Some(u) = &self.uploader {
             return u.clone();
         }
-        let mut config = self.prepared.upload.clone();
+        let mut config = self.config.upload.clone();
         config.stream.media_type = content_type;
         let (sink, dispatch) = events();
         let uploader = Arc::new(Uploader::start(
             config,
-            FragmentStore::new(self.prepared.limits, self.prepared.mode),
+            FragmentStore::new(self.config.limits, self.config.mode),
             sink,
             dispatch,
             self.stats.clone(),
@@ -273,7 +275,7 @@ impl Stream {
 
     /// A piece of fragment as the store takes it.
     fn stored(&mut self, p: Piece) -> StorePiece {
-        let scale = self.prepared.mux.fragmenter.timecode_scale_ns.max(1);
+        let scale = self.config.mux.fragmenter.timecode_scale_ns.max(1);
         match p {
             Piece::Start(mut s) => {
                 s.parts
