@@ -36,7 +36,7 @@ use tracing::Instrument as _;
 use tracing::instrument::WithSubscriber as _;
 
 use crate::upload::ack::Ack;
-use crate::upload::store::{Dropped, FragmentStore, StorePiece};
+use crate::upload::store::{Dropped, FragmentState, FragmentStore, StorePiece};
 use backoff::Backoff;
 use control::{ControlConfig, ControlError, ControlPlane, StreamSpec};
 use credentials::KvsCredentials;
@@ -361,7 +361,12 @@ fn finish_if_due(shared: &Shared, events: &EventSink) -> bool {
         return false;
     };
     let store = shared.store();
-    let unconfirmed = store.len() - store.fragments().filter(|f| f.is_done()).count();
+    // Kept fragments are safe with the service, but their PERSISTED ACK is lost: as the
+    // reference, EOS waits for confirmations and says how many did not come.
+    let unconfirmed = store
+        .fragments()
+        .filter(|f| !f.is_done() || f.state == FragmentState::Kept)
+        .count();
     if unconfirmed == 0 || Instant::now() >= deadline {
         drop(store);
         events(UploadEvent::Finished { unconfirmed });
@@ -532,9 +537,21 @@ async fn run(shared: Arc<Shared>, config: UploadConfig, events: EventSink) {
                 if finish_if_due(&shared, &events) {
                     return;
                 }
-                // Not everything is confirmed and there is time left: resend it.
+                // Not everything is confirmed and there is time left: resend what is not safe
+                // with the service; if nothing is, only confirmations that can no longer come
+                // are missing: wait for stop-stream-timeout.
                 let dropped = shared.store().rewind(config.replay_window, true);
                 report_drops(&events, dropped);
+                if !shared.store().has_pending() {
+                    if let Some(deadline) = shared.finish_deadline() {
+                        tokio::select! {
+                            _ = shared.cancel.cancelled() => return,
+                            _ = tokio::time::sleep_until(deadline.into()) => {}
+                        }
+                    }
+                    finish_if_due(&shared, &events);
+                    return;
+                }
             }
             session::End::Rotate => {
                 let dropped = shared.store().rewind(config.replay_window, true);

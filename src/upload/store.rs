@@ -43,6 +43,10 @@ pub enum FragmentState {
     Persisted,
     /// Refused by the service with a non-retriable error; never sent again.
     Skipped,
+    /// RECEIVED by the service on a connection that ended before its PERSISTED ACK, with the
+    /// service up (host alive): the service keeps and persists it, but no later connection
+    /// will confirm it. Final, like Persisted: never re-sent, never reported as dropped.
+    Kept,
 }
 
 /// A fragment as the store holds it.
@@ -118,7 +122,7 @@ impl StoredFragment {
     pub fn is_done(&self) -> bool {
         matches!(
             self.state,
-            FragmentState::Persisted | FragmentState::Skipped
+            FragmentState::Persisted | FragmentState::Skipped | FragmentState::Kept
         )
     }
 
@@ -668,7 +672,8 @@ impl FragmentStore {
     /// connection from its first byte, starting with the oldest fragment within `replay_window`
     /// (timecode-scale units) of the newest one. Older unpersisted fragments are dropped and
     /// returned. If `after_received` is set (the service kept what it acknowledged as
-    /// RECEIVED), replay starts after the last RECEIVED fragment instead when that is later.
+    /// RECEIVED), replay starts after the last RECEIVED fragment instead when that is later, and
+    /// the fragments up to it become [`FragmentState::Kept`].
     pub fn rewind(&mut self, replay_window: u64, after_received: bool) -> Vec<Dropped> {
         self.current = None;
         let newest_end = self
@@ -699,6 +704,9 @@ impl FragmentStore {
         for (i, f) in self.fragments.iter_mut().enumerate() {
             let kept_by_service = last_received.is_some_and(|r| i <= r);
             if kept_by_service {
+                if f.in_flight() {
+                    f.state = FragmentState::Kept;
+                }
                 continue;
             }
             if f.in_flight() {
@@ -859,11 +867,19 @@ mod tests {
         let resent: Vec<u64> =
             std::iter::from_fn(|| s.next_to_send().map(|f| f.timecode)).collect();
         assert_eq!(resent, vec![2000, 3000]);
-        // Without host-alive, everything unpersisted is re-sent.
-        s.rewind(1_000_000, false);
+        // What the service kept is final: not re-sent after a later failure without host-alive,
+        // not unconfirmed, and never reported as dropped when it leaves the replay window.
+        assert!(
+            s.fragments()
+                .take(2)
+                .all(|f| f.state == FragmentState::Kept)
+        );
+        assert!(s.rewind(1_000_000, false).is_empty());
         let resent: Vec<u64> =
             std::iter::from_fn(|| s.next_to_send().map(|f| f.timecode)).collect();
-        assert_eq!(resent, vec![0, 1000, 2000, 3000]);
+        assert_eq!(resent, vec![2000, 3000]);
+        assert_eq!(s.oldest_unconfirmed().map(|f| f.timecode), Some(2000));
+        assert!(s.rewind(500, false).iter().all(|d| d.timecode >= 2000));
     }
 
     #[test]
