@@ -136,9 +136,10 @@ impl CaBundle {
 }
 
 /// The crypto of every TLS connection of the element (PutMedia, control plane, credential
-/// providers, IoT): one provider, compiled in once.
+/// providers, IoT): one provider, ring, compiled in once (Cargo.toml says why ring). Never
+/// installed as the process default: the host application may use rustls too.
 pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// TLS settings for the AWS endpoints: the system's certificate authorities plus `ca`'s, whose
