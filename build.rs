@@ -11,10 +11,11 @@ fn main() {
 ///
 /// Only where the linker is known to be LLD: x86-64 Linux (GNU), whose default linker is
 /// rustc's own rust-lld, unless a linker or linker flavour is configured (GNU ld would refuse
-/// the option). `KVSSINK_ICF=0` turns it off.
+/// the option). `KVSSINK_ICF=0` turns it off. No `rerun-if` line: one would stop cargo from
+/// running this script again when the sources change, and the version helper above needs that
+/// (commit id, date). So `KVSSINK_ICF` is read when the script runs anyway (first build, a
+/// changed file, new RUSTFLAGS, `cargo clean -p gst-plugin-kvssink`).
 fn identical_code_folding() {
-    println!("cargo:rerun-if-env-changed=KVSSINK_ICF");
-    println!("cargo:rerun-if-env-changed=RUSTC_LINKER");
     let var = |k: &str| std::env::var(k).unwrap_or_default();
     let rustflags = var("CARGO_ENCODED_RUSTFLAGS");
     let linker_configured = std::env::var_os("RUSTC_LINKER").is_some()
