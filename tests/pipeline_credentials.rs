@@ -7,6 +7,7 @@ mod common;
 use common::pipeline;
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use kvs_local_endpoint::{Config, Credentials, FragmentState, IotEndpointConfig, LocalEndpoint};
@@ -200,6 +201,69 @@ fn default_chain_profile_alone() {
         assert_uploaded(&ep, "profile", &r),
         ["AKPROFILE".to_owned()].into()
     );
+}
+
+/// A container-credentials endpoint (ECS): answers every request with `body`, and counts them.
+fn container_credentials_server(body: String) -> (String, std::sync::Arc<AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://{}/v2/credentials/kvs",
+        listener.local_addr().unwrap()
+    );
+    let served = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = served.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            count.fetch_add(1, Ordering::SeqCst);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (url, served)
+}
+
+/// The default chain's HTTP sources (container credentials here; STS, SSO and instance metadata
+/// alike) reach their endpoint through the element's own HTTP client: the AWS SDK's is not built.
+#[test]
+fn default_chain_container_credentials_alone() {
+    let ep = endpoint_with_iot(None);
+    ep.add_credentials(key("AKCONTAINER").with_session_token("token-of-AKCONTAINER"));
+    let expiration = gstkvssink_date(SystemTime::now() + Duration::from_secs(3600));
+    let (url, served) = container_credentials_server(format!(
+        r#"{{"AccessKeyId":"AKCONTAINER","SecretAccessKey":"secret-of-AKCONTAINER","Token":"token-of-AKCONTAINER","Expiration":"{expiration}"}}"#
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "").unwrap();
+    let r = run(
+        &ep,
+        &video(2, "container", NO_FILE),
+        Duration::from_secs(60),
+        opts(
+            vec![
+                ("AWS_CONTAINER_CREDENTIALS_FULL_URI", url),
+                ("AWS_SHARED_CREDENTIALS_FILE", empty.display().to_string()),
+                ("AWS_CONFIG_FILE", empty.display().to_string()),
+                ("AWS_EC2_METADATA_DISABLED", "true".into()),
+            ],
+            &["AWS_PROFILE", STATIC_ENV[0], STATIC_ENV[1], STATIC_ENV[2]],
+        ),
+    );
+    assert_eq!(
+        assert_uploaded(&ep, "container", &r),
+        ["AKCONTAINER".to_owned()].into()
+    );
+    assert!(served.load(Ordering::SeqCst) >= 1);
 }
 
 #[test]

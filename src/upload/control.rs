@@ -213,12 +213,14 @@ impl ControlPlane {
                     .connect_timeout(config.connect_timeout)
                     .operation_timeout(config.completion_timeout)
                     .build(),
-            );
+            )
+            // Our HTTP client, always: the SDK's own is not built (sdk_http).
+            .http_client(super::transport::control_client(
+                config.ca.as_ref(),
+                config.connect_timeout,
+            )?);
         if let Some(endpoint) = &config.endpoint {
             builder = builder.endpoint_url(endpoint.clone());
-        }
-        if let Some(ca) = &config.ca {
-            builder = builder.http_client(super::transport::control_client(ca)?);
         }
         Ok(Self {
             client: Client::from_conf(builder.build()),

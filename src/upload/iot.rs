@@ -21,7 +21,6 @@
 //! only, and error messages never quote the response of a successful call.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
@@ -463,7 +462,7 @@ fn client_tls(config: &IotConfig) -> Result<rustls::ClientConfig, IotError> {
             problem: format!("holds a certificate that cannot be a trust anchor: {e}"),
         })?;
     }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = super::transport::crypto_provider();
     // TLS 1.2, which the IoT credentials endpoint supports: the server checks the client
     // certificate inside the handshake, so a refused certificate is reported as such. With
     // TLS 1.3 the refusal comes after the handshake and races the request, and is then seen

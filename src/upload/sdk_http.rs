@@ -1,6 +1,9 @@
-//! The AWS SDK's HTTP client over reqwest, so that the control plane uses the TLS settings of
-//! PutMedia ([`super::transport`]: the pins of `KVSSINK_CA_CERT_PATH`), which the SDK's own
-//! client cannot take. Control-plane requests and answers are small JSON documents, read whole.
+//! The AWS SDK's HTTP client over reqwest: the control plane and aws-config's credential
+//! providers send through it, so that they use the TLS settings of PutMedia
+//! ([`super::transport`]: the pins of `KVSSINK_CA_CERT_PATH`), which the SDK's own client cannot
+//! take, and so that the element carries one HTTP and TLS stack instead of two (the SDK's
+//! `default-https-client` is not built: README, "Size"). Requests and answers are small JSON
+//! documents, read whole.
 
 use aws_sdk_kinesisvideo::config::SharedHttpClient;
 use aws_smithy_runtime_api::client::http::{
@@ -28,7 +31,12 @@ impl HttpClient for ReqwestClient {
     ) -> SharedHttpConnector {
         SharedHttpConnector::new(ReqwestConnector {
             client: self.0.clone(),
-            read_timeout: settings.read_timeout(),
+            // reqwest bounds a request as a whole: the time to connect plus the time to read
+            // (the SDK's read timeout bounds each wait for the answer; the answers are small).
+            // A connect timeout alone is the reqwest client's own (see transport).
+            timeout: settings
+                .read_timeout()
+                .map(|read| read + settings.connect_timeout().unwrap_or_default()),
         })
     }
 }
@@ -36,7 +44,7 @@ impl HttpClient for ReqwestClient {
 #[derive(Debug, Clone)]
 struct ReqwestConnector {
     client: reqwest::Client,
-    read_timeout: Option<std::time::Duration>,
+    timeout: Option<std::time::Duration>,
 }
 
 fn connector_error(e: reqwest::Error) -> ConnectorError {
@@ -63,7 +71,7 @@ impl HttpConnector for ReqwestConnector {
                 .request(parts.method, parts.uri.to_string())
                 .headers(parts.headers)
                 .body(body);
-            if let Some(t) = this.read_timeout {
+            if let Some(t) = this.timeout {
                 send = send.timeout(t);
             }
             let answer = send.send().await.map_err(connector_error)?;

@@ -131,27 +131,54 @@ impl CaBundle {
     /// TLS settings that trust the system's roots and this bundle, and take a certificate of
     /// the bundle as an exact pin (see the module docs).
     pub fn tls_config(&self) -> Result<rustls::ClientConfig, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        let system = rustls_native_certs::load_native_certs();
-        roots.add_parsable_certificates(system.certs);
-        let pins = self.certificates();
-        roots.add_parsable_certificates(pins.iter().cloned());
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
-            Arc::new(roots),
-            provider.clone(),
-        )
-        .build()
-        .map_err(|e| format!("KVSSINK_CA_CERT_PATH={}: {e}", self.path.display()))?;
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+        tls_config(Some(self))
+    }
+}
+
+/// The crypto of every TLS connection of the element (PutMedia, control plane, credential
+/// providers, IoT): one provider, ring, compiled in once (Cargo.toml says why ring). Never
+/// installed as the process default: the host application may use rustls too.
+pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// TLS settings for the AWS endpoints: the system's certificate authorities plus `ca`'s, whose
+/// certificates are also taken as exact pins (module docs). HTTP/1.1 only, TLS 1.2 and 1.3.
+pub fn tls_config(ca: Option<&CaBundle>) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let system = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(system.certs);
+    let pins = ca.map(CaBundle::certificates).unwrap_or_default();
+    roots.add_parsable_certificates(pins.iter().cloned());
+    if roots.is_empty() {
+        return Err(
+            "no certificate authority could be loaded from the system (SSL_CERT_FILE, SSL_CERT_DIR or the distribution's CA bundle); install the ca-certificates package or set KVSSINK_CA_CERT_PATH"
+                .to_owned(),
+        );
+    }
+    let provider = crypto_provider();
+    let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| match ca {
+        Some(ca) => format!("KVSSINK_CA_CERT_PATH={}: {e}", ca.path.display()),
+        None => e.to_string(),
+    })?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let mut config = if pins.is_empty() {
+        builder.with_webpki_verifier(webpki).with_no_client_auth()
+    } else {
+        builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(PinningVerifier { webpki, pins }))
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(config)
-    }
+            .with_no_client_auth()
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 /// The WebPKI rules, plus the exact pins of `KVSSINK_CA_CERT_PATH` (module docs).
@@ -266,23 +293,43 @@ pub fn putmedia_client(
     ca: Option<&CaBundle>,
     connect_timeout: Duration,
 ) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder()
+    reqwest::Client::builder()
         .http1_only()
         .tcp_nodelay(true)
         .connect_timeout(connect_timeout)
-        .pool_max_idle_per_host(0);
-    if let Some(ca) = ca {
-        builder = builder.tls_backend_preconfigured(ca.tls_config()?);
-    }
-    builder.build().map_err(|e| e.to_string())
+        .pool_max_idle_per_host(0)
+        .tls_backend_preconfigured(tls_config(ca)?)
+        .build()
+        .map_err(|e| e.to_string())
 }
 
-/// The control plane's HTTP client, when `ca` adds authorities to the system's: the same TLS
-/// settings as PutMedia ([`super::sdk_http`]).
-pub fn control_client(ca: &CaBundle) -> Result<SharedHttpClient, String> {
+/// The control plane's HTTP client: the TLS settings of PutMedia, through the SDK's HTTP client
+/// interface ([`super::sdk_http`]). Like PutMedia, it goes through the proxy of `HTTPS_PROXY` /
+/// `HTTP_PROXY` (minus `NO_PROXY`) when one is set.
+pub fn control_client(
+    ca: Option<&CaBundle>,
+    connect_timeout: Duration,
+) -> Result<SharedHttpClient, String> {
     let client = reqwest::Client::builder()
+        .http1_only()
         .tcp_nodelay(true)
-        .tls_backend_preconfigured(ca.tls_config()?)
+        .connect_timeout(connect_timeout)
+        .tls_backend_preconfigured(tls_config(ca)?)
+        .build()
+        .map_err(|e| e.to_string())?;
+    Ok(super::sdk_http::shared(client))
+}
+
+/// The HTTP client of aws-config's credential providers (STS, SSO, ECS container and instance
+/// metadata): the system's certificate authorities, and no proxy — as the SDK's own client,
+/// which it replaces: instance and container metadata live on link-local and loopback
+/// addresses a proxy cannot reach.
+pub fn credential_chain_client() -> Result<SharedHttpClient, String> {
+    let client = reqwest::Client::builder()
+        .http1_only()
+        .tcp_nodelay(true)
+        .no_proxy()
+        .tls_backend_preconfigured(tls_config(None)?)
         .build()
         .map_err(|e| e.to_string())?;
     Ok(super::sdk_http::shared(client))

@@ -324,21 +324,30 @@ impl KvsCredentials {
                 (f.credentials, Some(f.expiration))
             }
             Source::DefaultChain { region } => {
-                let chain = self
-                    .0
-                    .chain
-                    .get_or_init(|| async {
-                        aws_config::default_provider::credentials::DefaultCredentialsChain::builder(
-                        )
-                        .region(aws_config::Region::new(region.clone()))
-                        .build()
-                        .await
-                    })
-                    .await;
                 let none_found = |detail: String| CredentialError::NoneFound {
                     credential_path: self.0.credential_path.clone(),
                     detail,
                 };
+                let chain = self
+                    .0
+                    .chain
+                    .get_or_try_init(|| async {
+                        // STS, SSO, container and instance metadata go through our HTTP client:
+                        // the SDK's own is not built (sdk_http).
+                        let http = super::transport::credential_chain_client().map_err(|e| {
+                            none_found(format!("cannot create the HTTP client: {e}"))
+                        })?;
+                        let conf = aws_config::provider_config::ProviderConfig::without_region()
+                            .with_http_client(http);
+                        Ok::<_, CredentialError>(
+                            aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
+                                .configure(conf)
+                                .region(aws_config::Region::new(region.clone()))
+                                .build()
+                                .await,
+                        )
+                    })
+                    .await?;
                 let c = tokio::time::timeout(CHAIN_TIMEOUT, chain.provide_credentials())
                     .await
                     .map_err(|_| none_found(format!("no answer within {CHAIN_TIMEOUT:?}")))?
