@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use kvs_local_endpoint::{Config, Credentials, FragmentState, IotEndpointConfig, LocalEndpoint};
-use pipeline::{Run, RunOptions, run, stored_frames};
+use kvs_local_endpoint::{Config, Credentials, IotEndpointConfig, LocalEndpoint};
+use pipeline::{Run, RunOptions, assert_video_exactly_once, run, stored_frames};
 
 const STATIC_ENV: [&str; 3] = [
     "AWS_ACCESS_KEY_ID",
@@ -73,21 +73,7 @@ fn gstkvssink_date(t: SystemTime) -> String {
 /// Every frame that entered the sink is stored exactly once, every request was signed with a
 /// key the endpoint knows (it verifies each signature), and returns the access keys used.
 fn assert_uploaded(ep: &LocalEndpoint, name: &str, r: &Run) -> BTreeSet<String> {
-    assert!(r.errors.is_empty(), "{name}: {:?}", r.errors);
-    assert!(r.eos, "{name}: no EOS");
-    assert!(r.dropped.is_empty(), "{name}: {:?}", r.dropped);
-    let persisted: Vec<_> = ep
-        .fragments(name)
-        .into_iter()
-        .filter(|f| f.state == FragmentState::Persisted)
-        .collect();
-    let timecodes: BTreeSet<u64> = persisted.iter().map(|f| f.timecode).collect();
-    assert_eq!(timecodes.len(), persisted.len(), "{name}: a fragment twice");
-    assert_eq!(
-        stored_frames(ep, name).get(&1).copied(),
-        r.frames.get("video_0").copied(),
-        "{name}: frames stored vs. frames sent"
-    );
+    assert_video_exactly_once(ep, name, r);
     let requests: Vec<_> = ep
         .requests()
         .into_iter()

@@ -7,15 +7,12 @@
 mod common;
 use common::pipeline;
 
-use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gst::prelude::*;
-use kvs_local_endpoint::{
-    AckDrop, AckEventType, Config, FragmentState, HttpFault, LocalEndpoint, Trigger,
-};
-use pipeline::{Run, RunOptions, run, stored_frames};
+use kvs_local_endpoint::{AckDrop, AckEventType, Config, HttpFault, LocalEndpoint, Trigger};
+use pipeline::{Run, RunOptions, assert_video_exactly_once, run, stored_frames};
 
 /// `seconds` of live 30 fps H.264 with a key frame every 0.5 s.
 fn video(seconds: u32, sink_props: &str, name: &str) -> String {
@@ -40,35 +37,12 @@ fn go(ep: &LocalEndpoint, name: &str, seconds: u32, props: &str) -> Run {
     )
 }
 
-/// Every frame that entered the sink is stored exactly once.
-fn assert_exactly_once(ep: &LocalEndpoint, name: &str, run: &Run) {
-    assert!(run.errors.is_empty(), "{name}: {:?}", run.errors);
-    assert!(run.eos, "{name}: no EOS");
-    assert!(run.dropped.is_empty(), "{name}: {:?}", run.dropped);
-    let persisted: Vec<_> = ep
-        .fragments(name)
-        .into_iter()
-        .filter(|f| f.state == FragmentState::Persisted)
-        .collect();
-    let timecodes: BTreeSet<u64> = persisted.iter().map(|f| f.timecode).collect();
-    assert_eq!(
-        timecodes.len(),
-        persisted.len(),
-        "{name}: a fragment was stored twice"
-    );
-    assert_eq!(
-        stored_frames(ep, name).get(&1).copied(),
-        run.frames.get("video_0").copied(),
-        "{name}: frames stored vs. frames sent"
-    );
-}
-
 #[test]
 fn connection_reset_mid_stream_loses_and_duplicates_nothing() {
     let ep = endpoint();
     ep.faults().reset_at_fragment(3);
     let r = go(&ep, "reset", 4, "");
-    assert_exactly_once(&ep, "reset", &r);
+    assert_video_exactly_once(&ep, "reset", &r);
     assert!(ep.sessions(Some("reset")).len() >= 2, "it reconnected");
 }
 
@@ -77,7 +51,7 @@ fn connection_closed_mid_fragment_loses_and_duplicates_nothing() {
     let ep = endpoint();
     ep.faults().close_after_bytes(150_000);
     let r = go(&ep, "close", 4, "");
-    assert_exactly_once(&ep, "close", &r);
+    assert_video_exactly_once(&ep, "close", &r);
     assert!(ep.sessions(Some("close")).len() >= 2);
 }
 
@@ -86,7 +60,7 @@ fn retriable_error_ack_is_replayed() {
     let ep = endpoint();
     ep.faults().error_ack(2, 5000);
     let r = go(&ep, "err5000", 4, "");
-    assert_exactly_once(&ep, "err5000", &r);
+    assert_video_exactly_once(&ep, "err5000", &r);
     assert!(
         r.acks.iter().any(|(e, _)| e == "ERROR"),
         "the ERROR ACK was signalled"
@@ -123,7 +97,7 @@ fn control_plane_5xx_and_throttling_are_retried() {
         .fail_requests(2, HttpFault::service_unavailable());
     ep.faults().fail_requests(2, HttpFault::throttling());
     let r = go(&ep, "cp-retry", 3, "");
-    assert_exactly_once(&ep, "cp-retry", &r);
+    assert_video_exactly_once(&ep, "cp-retry", &r);
     let failed = ep
         .requests()
         .iter()
@@ -138,7 +112,7 @@ fn stall_detected_by_connection_staleness_then_replayed() {
     ep.faults()
         .stall(Trigger::Fragment(2), Duration::from_secs(6));
     let r = go(&ep, "stall", 5, "connection-staleness=2");
-    assert_exactly_once(&ep, "stall", &r);
+    assert_video_exactly_once(&ep, "stall", &r);
     assert!(
         ep.sessions(Some("stall")).len() >= 2,
         "staleness forced a reconnect"
@@ -230,7 +204,7 @@ fn thirty_second_blackhole_loses_and_duplicates_nothing() {
     ep.faults()
         .stall(Trigger::Fragment(3), Duration::from_secs(30));
     let r = go(&ep, "blackhole", 40, "");
-    assert_exactly_once(&ep, "blackhole", &r);
+    assert_video_exactly_once(&ep, "blackhole", &r);
     assert_eq!(r.frames["video_0"], 40 * 30, "the source was never held up");
     let eos = r.eos_after.unwrap();
     assert!(
@@ -276,7 +250,7 @@ fn offline_upload_through_a_slow_uplink_persists_everything_and_ends() {
         Duration::from_secs(60),
         RunOptions::default(),
     );
-    assert_exactly_once(&ep, name, &r);
+    assert_video_exactly_once(&ep, name, &r);
     let eos_after = r.eos_after.unwrap();
     assert!(
         eos_after > Duration::from_secs(15),

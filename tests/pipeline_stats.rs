@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use examples::Example;
 use gst::prelude::*;
-use kvs_local_endpoint::{Config, Credentials, FragmentState, LocalEndpoint, Trigger};
-use pipeline::{Run, RunOptions, gst_launch, run, stored_frames};
+use kvs_local_endpoint::{Config, Credentials, LocalEndpoint, Trigger};
+use pipeline::{Run, RunOptions, assert_video_exactly_once, gst_launch, run};
 
 /// Fields that count and must never go back.
 const COUNTERS: &[&str] = &[
@@ -193,25 +193,6 @@ fn observe(
     }
 }
 
-/// No error, EOS, nothing dropped, every frame stored once.
-fn assert_exactly_once(ep: &LocalEndpoint, name: &str, run: &Run) {
-    assert!(run.errors.is_empty(), "{name}: {:?}", run.errors);
-    assert!(run.eos, "{name}: no EOS");
-    assert!(run.dropped.is_empty(), "{name}: {:?}", run.dropped);
-    let persisted: Vec<_> = ep
-        .fragments(name)
-        .into_iter()
-        .filter(|f| f.state == FragmentState::Persisted)
-        .collect();
-    let timecodes: BTreeSet<u64> = persisted.iter().map(|f| f.timecode).collect();
-    assert_eq!(timecodes.len(), persisted.len(), "{name}: stored twice");
-    assert_eq!(
-        stored_frames(ep, name).get(&1).copied(),
-        run.frames.get("video_0").copied(),
-        "{name}: frames stored vs. frames sent"
-    );
-}
-
 /// A live upload while another thread reads `stats` in a loop (thousands of reads a second):
 /// every read is valid and no counter goes back; the counters grow during the run and end at
 /// what arrived; the stream was never held up.
@@ -227,7 +208,7 @@ fn stats_read_in_a_loop_during_a_live_upload_grow_and_never_hold_the_stream() {
         Some(Duration::from_micros(200)),
         Duration::from_millis(50),
     );
-    assert_exactly_once(&ep, name, &o.run);
+    assert_video_exactly_once(&ep, name, &o.run);
     assert_eq!(o.run.frames["video_0"], 8 * 30);
     assert!(o.reads >= 1000, "only {} reads", o.reads);
     assert!(
@@ -297,7 +278,7 @@ fn stats_show_a_stall_and_the_recovery() {
         Some(Duration::from_millis(20)),
         Duration::from_millis(100),
     );
-    assert_exactly_once(&ep, name, &o.run);
+    assert_video_exactly_once(&ep, name, &o.run);
     let buffered = |s: &gst::StructureRef| u(s, "buffered-duration-ms");
     let (peak_at, peak) = o
         .samples
@@ -349,7 +330,7 @@ fn stats_show_an_error_ack_and_the_reconnect() {
         Some(Duration::from_millis(10)),
         Duration::from_millis(50),
     );
-    assert_exactly_once(&ep, name, &o.run);
+    assert_video_exactly_once(&ep, name, &o.run);
     let last = &o.last;
     assert_eq!(u(last, "error-acks"), 1, "{last}");
     let error = last.get::<String>("last-error").unwrap();

@@ -283,3 +283,27 @@ pub fn gst_launch(line: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// No error, EOS, nothing dropped, no fragment stored twice, and every video frame that entered
+/// the sink stored (track 1).
+pub fn assert_video_exactly_once(ep: &LocalEndpoint, name: &str, run: &Run) {
+    assert!(run.errors.is_empty(), "{name}: {:?}", run.errors);
+    assert!(run.eos, "{name}: no EOS");
+    assert!(run.dropped.is_empty(), "{name}: {:?}", run.dropped);
+    let persisted: Vec<_> = ep
+        .fragments(name)
+        .into_iter()
+        .filter(|f| f.state == kvs_local_endpoint::FragmentState::Persisted)
+        .collect();
+    let timecodes: std::collections::BTreeSet<u64> = persisted.iter().map(|f| f.timecode).collect();
+    assert_eq!(
+        timecodes.len(),
+        persisted.len(),
+        "{name}: a fragment was stored twice"
+    );
+    assert_eq!(
+        stored_frames(ep, name).get(&1).copied(),
+        run.frames.get("video_0").copied(),
+        "{name}: frames stored vs. frames sent"
+    );
+}
